@@ -1,0 +1,78 @@
+// The composition root: turns a Config into running parts (store, tickets, metrics, gateway, gate,
+// reconciler), each handed its dependencies as arguments, and stops them in reverse order.
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { migrateToLatest } from './db/migrations.js';
+import { openStore, type Store } from './db/open.js';
+import { purgeConsumedTickets } from './db/tickets.js';
+import { createMetrics, type Metrics } from './metrics.js';
+import { startGateway, type Gateway } from './server.js';
+import { Tickets, readJwksFile } from './ticket.js';
+
+/** Opens the database (migrating it unless MIGRATE_ON_START=false) for a command. */
+export async function openDatabase(config: Config, log: Logger, listen = false): Promise<Store> {
+  const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log, listen });
+  if (config.migrateOnStart) {
+    try {
+      await migrateToLatest(store.db);
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
+  }
+  return store;
+}
+
+export async function createTickets(config: Config, store: Store): Promise<Tickets> {
+  const jwks = config.ticketJwksFile === undefined ? undefined : await readJwksFile(config.ticketJwksFile);
+  return new Tickets(
+    {
+      secret: config.ticketSecret,
+      jwks,
+      audience: config.ticketAudience,
+      issuers: config.ticketIssuers,
+      maxTtlSeconds: config.ticketMaxTtlSeconds,
+    },
+    store.db,
+  );
+}
+
+export interface Running {
+  readonly gateway: Gateway;
+  readonly store: Store;
+  readonly metrics: Metrics;
+  readonly tickets: Tickets;
+  stop(): Promise<void>;
+}
+
+const PURGE_INTERVAL_MS = 5 * 60_000;
+
+/** `serve`: the gateway plus its in-process workers. */
+export async function startServe(config: Config, log: Logger): Promise<Running> {
+  const store = await openDatabase(config, log, true);
+  try {
+    const tickets = await createTickets(config, store);
+    const metrics = createMetrics();
+    const gateway = await startGateway({ config, store, tickets, metrics, log });
+    const purge = setInterval(() => {
+      purgeConsumedTickets(store.db).catch((error) => log.warn({ err: error }, 'purging consumed tickets failed'));
+    }, PURGE_INTERVAL_MS);
+    purge.unref();
+    let stopping: Promise<void> | undefined;
+    return {
+      gateway,
+      store,
+      metrics,
+      tickets,
+      stop: () =>
+        (stopping ??= (async () => {
+          clearInterval(purge);
+          await gateway.close();
+          await store.close();
+        })()),
+    };
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+}

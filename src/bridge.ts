@@ -1,0 +1,67 @@
+// The byte pump between a browser WebSocket and the VM's raw VNC TCP port (what websockify does).
+// Bytes flow in order both ways as binary frames. Backpressure is explicit on both sides, so a
+// background tab that stops reading parks the VM's socket instead of growing our memory: at most
+// `highWaterMark` bytes (plus one read) wait for the browser, at most one message for the VM.
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import { CATALOGUE, closeReason } from './errors.js';
+
+export interface BridgeCounters {
+  /** Called with each chunk's size: down = VM → browser, up = browser → VM. */
+  down(bytes: number): void;
+  up(bytes: number): void;
+}
+
+export interface BridgeState {
+  lastActivity: number;
+}
+
+export type BridgeEnd = 'browser' | 'vm' | 'vm-error';
+
+const SEND_OPTIONS = { binary: true } as const;
+
+/**
+ * Pipes `ws` ⇄ `tcp` until either side ends; an end or error on one side tears down the other with
+ * the documented close code. Resolves once, after the WebSocket has closed, with who ended it.
+ */
+export function bridge(ws: WebSocket, tcp: Socket, highWaterMark: number, counters: BridgeCounters, state: BridgeState): Promise<BridgeEnd> {
+  return new Promise((resolve) => {
+    let ended: BridgeEnd | undefined;
+
+    const resumeTcp = () => tcp.resume();
+    tcp.on('data', function tcpOnData(chunk: Buffer) {
+      state.lastActivity = Date.now();
+      counters.down(chunk.length);
+      // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
+      const over = ws.bufferedAmount + chunk.length > highWaterMark;
+      ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
+      if (over) tcp.pause();
+    });
+    tcp.on('drain', function tcpOnDrain() {
+      ws.resume();
+    });
+    tcp.on('error', function tcpOnError() {
+      ended ??= 'vm-error';
+    });
+    tcp.on('close', function tcpOnClose() {
+      ended ??= 'vm';
+      if (ended === 'vm-error') ws.close(CATALOGUE.DIAL_FAILED.close, closeReason('lost the connection to the VM console'));
+      else ws.close(CATALOGUE.VM_CLOSED.close, 'the VM closed the console connection');
+    });
+
+    ws.on('message', function wsOnMessage(data: Buffer) {
+      state.lastActivity = Date.now();
+      counters.up(data.length);
+      if (!tcp.write(data)) ws.pause();
+    });
+    ws.on('error', function wsOnError() {
+      ended ??= 'browser';
+      tcp.destroy();
+    });
+    ws.on('close', function wsOnClose() {
+      ended ??= 'browser';
+      tcp.destroy();
+      resolve(ended);
+    });
+  });
+}

@@ -1,0 +1,186 @@
+#!/usr/bin/env node
+// The one executable, `console-gateway <command>`. Every command prints JSON on success and exits
+// non-zero with one clear line on bad input or an unreachable database.
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { loadConfig, ConfigError, type Config } from './config.js';
+import { createLogger } from './log.js';
+import { createTickets, openDatabase, startServe } from './app.js';
+import { migrateToLatest } from './db/migrations.js';
+import { openStore } from './db/open.js';
+import { allocatePort, poolStats, releasePort } from './db/ports.js';
+import { GatewayError } from './errors.js';
+import { commitTargetOp, createSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control.js';
+import { runDemo } from './demo.js';
+
+const USAGE = `usage: console-gateway <command>
+  serve                               HTTP + WebSocket gateway
+  migrate                             bring the database schema to the latest version
+  session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]]
+  session target ID --host H --port P [--path P]
+  session stop ID
+  ticket ID [--ttl SECONDS] [--view-only]
+  ports status|allocate ID|release ID
+  demo                                serve + a demo VNC server + a ready session`;
+
+class UsageError extends Error {}
+
+function print(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+function targetFrom(values: Record<string, unknown>, required: boolean): { host: string; port: number; path?: string } | undefined {
+  const { host, port, path } = values as { host?: string; port?: string; path?: string };
+  if (host === undefined && port === undefined) {
+    if (required) throw new UsageError('--host and --port are required');
+    return undefined;
+  }
+  if (host === undefined || port === undefined) throw new UsageError('--host and --port go together');
+  if (!/^\d+$/.test(port)) throw new UsageError('--port must be a number');
+  return { host, port: Number(port), ...(path !== undefined ? { path } : {}) };
+}
+
+async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promise<T>): Promise<T> {
+  const log = createLogger('silent');
+  const store = await openDatabase(config, log);
+  try {
+    return await run({ config, db: store.db, tickets: await createTickets(config, store) });
+  } finally {
+    await store.close();
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, sub, ...rest] = argv;
+  const options = {
+    protocol: { type: 'string' },
+    id: { type: 'string' },
+    owner: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    path: { type: 'string' },
+    ttl: { type: 'string' },
+    'view-only': { type: 'boolean' },
+    once: { type: 'boolean' },
+  } as const;
+  const parse = (args: string[]) => {
+    try {
+      return parseArgs({ args, options, allowPositionals: true, strict: true });
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
+  };
+
+  switch (command) {
+    case 'serve': {
+      const config = loadConfig(process.env, { tickets: true });
+      const log = createLogger(config.logLevel);
+      const running = await startServe(config, log);
+      await untilSignal();
+      await running.stop();
+      return 0;
+    }
+    case 'demo': {
+      await runDemo(process.env, (url) => process.stdout.write(`\nOpen the console: ${url}\n`), waitForEnter, untilSignal);
+      return 0;
+    }
+    case 'migrate': {
+      const config = loadConfig();
+      const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log: createLogger('silent') });
+      try {
+        const result = await migrateToLatest(store.db);
+        print({ applied: (result.results ?? []).map((r) => r.migrationName) });
+      } finally {
+        await store.close();
+      }
+      return 0;
+    }
+    case 'session': {
+      const { values, positionals } = parse(rest);
+      const config = loadConfig(process.env, { tickets: false });
+      if (sub === 'create') {
+        if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
+        if (values.protocol === undefined) throw new UsageError('--protocol vnc|websockify is required');
+        const target = targetFrom(values, false);
+        print(
+          await withControl(config, (deps) =>
+            createSessionOp(deps, {
+              protocol: values.protocol,
+              ...(values.id !== undefined ? { id: values.id } : {}),
+              ...(values.owner !== undefined ? { ownerId: values.owner } : {}),
+              ...(target ? { target } : {}),
+            }),
+          ),
+        );
+        return 0;
+      }
+      const id = positionals[0];
+      if (id === undefined || positionals.length > 1) throw new UsageError(`session ${sub ?? '<create|target|stop>'} takes one session ID`);
+      if (sub === 'target') {
+        const target = targetFrom(values, true)!;
+        print(await withControl(config, (deps) => commitTargetOp(deps, id, target)));
+        return 0;
+      }
+      if (sub === 'stop') {
+        print(await withControl(config, (deps) => stopSessionOp(deps, id)));
+        return 0;
+      }
+      throw new UsageError(`unknown session command: ${sub ?? '(none)'}`);
+    }
+    case 'ticket': {
+      const { values, positionals } = parse([sub ?? '', ...rest].filter((a) => a !== ''));
+      const config = loadConfig(process.env, { tickets: true });
+      const id = positionals[0];
+      if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
+      if (values.ttl !== undefined && !/^\d+$/.test(values.ttl)) throw new UsageError('--ttl must be a whole number of seconds');
+      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}) };
+      const publicUrl = config.publicUrl ?? `http://localhost:${config.port}`;
+      print(await withControl(config, (deps) => mintTicketOp(deps, id, body, publicUrl)));
+      return 0;
+    }
+    case 'ports': {
+      const { positionals } = parse(rest);
+      const config = loadConfig();
+      const range = { start: config.portRangeStart, end: config.portRangeEnd, maxSessions: config.maxSessions };
+      return withControl(config, async ({ db }) => {
+        if (sub === 'status') print(await poolStats(db, range));
+        else if (sub === 'allocate' && positionals.length === 1) print({ sessionId: positionals[0], port: await allocatePort(db, requireId(positionals[0]!), range) });
+        else if (sub === 'release' && positionals.length === 1) print({ sessionId: positionals[0], released: await releasePort(db, requireId(positionals[0]!)) });
+        else throw new UsageError('ports status | ports allocate ID | ports release ID');
+        return 0;
+      });
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+      process.stdout.write(`${USAGE}\n`);
+      return command === undefined ? 2 : 0;
+    default:
+      throw new UsageError(`unknown command: ${command}`);
+  }
+}
+
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+}
+
+/** Calls `onEnter` each time Enter is pressed on an interactive terminal. */
+function waitForEnter(onEnter: () => void): () => void {
+  if (!process.stdin.isTTY) return () => {};
+  const rl = createInterface({ input: process.stdin });
+  rl.on('line', onEnter);
+  return () => rl.close();
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof UsageError) process.stderr.write(`console-gateway: ${error.message}\n${USAGE}\n`);
+    else if (error instanceof ConfigError || error instanceof GatewayError) process.stderr.write(`console-gateway: ${error.message}\n`);
+    else process.stderr.write(`console-gateway: ${(error as Error).message?.split('\n')[0] ?? String(error)}\n`);
+    process.exit(error instanceof UsageError ? 2 : 1);
+  },
+);

@@ -1,0 +1,97 @@
+// The consoles this process is serving: piping ones (for session stop, idle and duration limits,
+// drain) and waiting ones (so drain can refuse them at once). One sweep timer serves them all, so
+// an idle console costs no timer of its own.
+import type { ErrorCode } from './errors.js';
+import type { SessionEvents } from './db/events.js';
+
+export interface LiveConsole {
+  readonly sessionId: string;
+  readonly startedAt: number;
+  /** Updated by the pump on every chunk. */
+  lastActivity: number;
+  /** Ends the console with a documented code; idempotent. */
+  close(code: ErrorCode, message: string): void;
+  /** Sends a WebSocket ping; returns false when the previous ping went unanswered. */
+  heartbeat?(): boolean;
+}
+
+export interface ConsoleLimits {
+  idleTimeoutMs: number;
+  maxDurationMs: number;
+  heartbeatMs: number;
+}
+
+export class Consoles {
+  readonly live = new Set<LiveConsole>();
+  readonly waiting = new Set<AbortController>();
+  private readonly sweeper: NodeJS.Timeout;
+  private readonly onChange = (id: string, status: string) => {
+    if (status === 'stopped' || status === 'failed') this.closeSession(id, 'the console session was ' + status);
+  };
+
+  constructor(
+    private readonly events: SessionEvents,
+    private readonly limits: ConsoleLimits,
+  ) {
+    events.on('change', this.onChange);
+    const every = Math.max(250, Math.min(limits.heartbeatMs, limits.idleTimeoutMs || Infinity, limits.maxDurationMs || Infinity) / 4);
+    this.sweeper = setInterval(() => this.sweep(), every);
+    this.sweeper.unref();
+  }
+
+  get size(): number {
+    return this.live.size + this.waiting.size;
+  }
+
+  add(console: LiveConsole): void {
+    this.live.add(console);
+  }
+
+  delete(console: LiveConsole): void {
+    this.live.delete(console);
+  }
+
+  /** Closes this process's consoles of one session (the session was stopped or failed). */
+  closeSession(sessionId: string, message: string): number {
+    let closed = 0;
+    for (const c of this.live) {
+      if (c.sessionId === sessionId) {
+        c.close('SESSION_ENDED', message);
+        closed++;
+      }
+    }
+    return closed;
+  }
+
+  /** Aborts every waiting upgrade with `reason` (drain). */
+  abortWaiting(reason: Error): void {
+    for (const controller of this.waiting) controller.abort(reason);
+  }
+
+  closeAll(code: ErrorCode, message: string): void {
+    for (const c of this.live) c.close(code, message);
+  }
+
+  private lastHeartbeat = Date.now();
+
+  private sweep(): void {
+    const now = Date.now();
+    const { idleTimeoutMs, maxDurationMs, heartbeatMs } = this.limits;
+    const beat = now - this.lastHeartbeat >= heartbeatMs;
+    if (beat) this.lastHeartbeat = now;
+    for (const c of this.live) {
+      if (maxDurationMs > 0 && now - c.startedAt >= maxDurationMs) {
+        c.close('MAX_DURATION', `maximum console duration of ${Math.round(maxDurationMs / 1000)} s reached`);
+      } else if (idleTimeoutMs > 0 && now - c.lastActivity >= idleTimeoutMs) {
+        c.close('IDLE_TIMEOUT', `console idle for ${Math.round(idleTimeoutMs / 1000)} s`);
+      } else if (beat && c.heartbeat?.() === false) {
+        c.close('VM_CLOSED', 'the browser stopped answering pings');
+      }
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper);
+    this.events.off('change', this.onChange);
+  }
+}

@@ -1,0 +1,93 @@
+// The control plane over HTTP (DESIGN.md "Control plane"): bearer-token auth with a constant-time
+// compare, JSON in and out, and a clear 4xx for every bad input.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { poolStats } from './db/ports.js';
+import { GatewayError } from './errors.js';
+import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
+
+const MAX_BODY_BYTES = 16 * 1024;
+
+function sameToken(given: string, expected: string): boolean {
+  // Hash first so the compare is constant-time whatever the lengths.
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function authorize(req: IncomingMessage, token: string | undefined): void {
+  if (token === undefined) throw new GatewayError('CONTROL_DISABLED', 'the control API is disabled: set CONTROL_TOKEN');
+  const header = req.headers.authorization ?? '';
+  const given = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
+  if (given === '' || !sameToken(given, token)) throw new GatewayError('UNAUTHORIZED', 'missing or wrong bearer token');
+}
+
+async function readJson(req: IncomingMessage, required: boolean): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new GatewayError('PAYLOAD_TOO_LARGE', `the body is larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) {
+    if (required) throw new GatewayError('BAD_REQUEST', 'a JSON body is required');
+    return undefined;
+  }
+  if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) {
+    throw new GatewayError('UNSUPPORTED_MEDIA_TYPE', 'send the body as application/json');
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new GatewayError('BAD_REQUEST', 'the body is not valid JSON');
+  }
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
+  res.end(text);
+}
+
+export interface ApiDeps extends ControlDeps {
+  publicUrl(req: IncomingMessage): string;
+}
+
+/** Handles /api/v1/*; throws GatewayError for the server to answer. */
+export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  authorize(req, deps.config.controlToken);
+  const parts = path.split('/').filter(Boolean).slice(2); // drop "api", "v1"
+  const method = req.method ?? 'GET';
+  const [collection, id, sub, ...rest] = parts;
+  const allow = (allowed: string) => {
+    if (!allowed.split(', ').includes(method)) {
+      res.setHeader('Allow', allowed);
+      throw new GatewayError('METHOD_NOT_ALLOWED', `use ${allowed} on this path`);
+    }
+  };
+  if (collection === 'ports' && id === undefined) {
+    allow('GET');
+    const { portRangeStart: start, portRangeEnd: end, maxSessions } = deps.config;
+    return sendJson(res, 200, await poolStats(deps.db, { start, end, maxSessions }));
+  }
+  if (collection !== 'sessions' || rest.length > 0) throw new GatewayError('NOT_FOUND', 'no such API path');
+  if (id === undefined) {
+    allow('POST');
+    return sendJson(res, 201, await createSessionOp(deps, await readJson(req, true)));
+  }
+  if (sub === undefined) {
+    allow('GET, DELETE');
+    if (method === 'GET') return sendJson(res, 200, await getSessionOp(deps, id));
+    return sendJson(res, 200, await stopSessionOp(deps, id));
+  }
+  if (sub === 'target') {
+    allow('PUT');
+    return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));
+  }
+  if (sub === 'tickets') {
+    allow('POST');
+    return sendJson(res, 201, await mintTicketOp(deps, id, await readJson(req, false), deps.publicUrl(req)));
+  }
+  throw new GatewayError('NOT_FOUND', 'no such API path');
+}

@@ -1,0 +1,103 @@
+// The control-plane operations, shared by the HTTP API and the CLI: input validation, target
+// checks and the database calls, so both surfaces answer the same inputs the same way.
+import type { Kysely } from 'kysely';
+import type { Config } from './config.js';
+import type { Database, Protocol } from './db/schema.js';
+import { commitTarget, createSession, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from './db/sessions.js';
+import { GatewayError } from './errors.js';
+import { resolveTarget, validateTargetShape, type Resolver } from './target.js';
+import type { Tickets } from './ticket.js';
+
+export interface ControlDeps {
+  config: Config;
+  db: Kysely<Database>;
+  tickets: Tickets;
+  /** Best-effort runtime teardown after a stop (the runtime hook); errors are the caller's to log. */
+  teardown?: (sessionId: string) => Promise<void>;
+  resolver?: Resolver;
+}
+
+const OWNER_MAX = 200;
+
+function objectBody(body: unknown): Record<string, unknown> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new GatewayError('BAD_REQUEST', 'the body must be a JSON object');
+  return body as Record<string, unknown>;
+}
+
+function rejectUnknown(body: Record<string, unknown>, known: readonly string[]): void {
+  const unknown = Object.keys(body).filter((k) => !known.includes(k));
+  if (unknown.length > 0) throw new GatewayError('BAD_REQUEST', `unknown field${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}`);
+}
+
+export function requireId(id: string): string {
+  if (!isUuid(id)) throw new GatewayError('BAD_REQUEST', 'session id must be a UUID');
+  return id.toLowerCase();
+}
+
+/** Validates and checks a target against TARGET_ALLOWED_CIDRS (every resolved address). */
+async function checkedTarget(deps: ControlDeps, raw: unknown): Promise<Target> {
+  const target = validateTargetShape(objectBody(raw));
+  await resolveTarget(target.host, deps.config.targetAllowedCidrs, deps.resolver);
+  return target;
+}
+
+export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Promise<SessionView> {
+  const body = objectBody(rawBody);
+  rejectUnknown(body, ['id', 'protocol', 'ownerId', 'target']);
+  const { id, protocol, ownerId, target } = body;
+  if (id !== undefined && !isUuid(id)) throw new GatewayError('BAD_REQUEST', 'id must be a UUID');
+  if (protocol !== 'vnc' && protocol !== 'websockify') throw new GatewayError('BAD_REQUEST', 'protocol must be "vnc" or "websockify"');
+  if (ownerId !== undefined && ownerId !== null && (typeof ownerId !== 'string' || ownerId.length === 0 || ownerId.length > OWNER_MAX)) {
+    throw new GatewayError('BAD_REQUEST', `ownerId must be a string of 1-${OWNER_MAX} characters`);
+  }
+  const checked = target === undefined || target === null ? null : await checkedTarget(deps, target);
+  const row = await createSession(deps.db, {
+    ...(id !== undefined ? { id: (id as string).toLowerCase() } : {}),
+    protocol: protocol as Protocol,
+    ownerId: (ownerId as string | undefined) ?? null,
+    target: checked,
+    gatingEnabled: deps.config.readyGatingEnabled,
+  });
+  return viewOf(row);
+}
+
+export async function getSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
+  return viewOf(await requireSession(deps.db, requireId(id)));
+}
+
+export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unknown): Promise<SessionView> {
+  const body = objectBody(rawBody);
+  rejectUnknown(body, ['host', 'port', 'path']);
+  const target = await checkedTarget(deps, body);
+  return viewOf(await commitTarget(deps.db, requireId(id), target, deps.config.readyGatingEnabled));
+}
+
+/** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */
+export async function stopSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
+  const row = await stopSession(deps.db, requireId(id));
+  await deps.teardown?.(row.id);
+  return viewOf(row);
+}
+
+export interface TicketView {
+  ticket: string;
+  expiresAt: string;
+  consoleUrl: string;
+}
+
+export async function mintTicketOp(deps: ControlDeps, id: string, rawBody: unknown, publicUrl: string): Promise<TicketView> {
+  const body = rawBody === undefined ? {} : objectBody(rawBody);
+  rejectUnknown(body, ['ttlSeconds', 'viewOnly']);
+  const { ttlSeconds = deps.config.ticketDefaultTtlSeconds, viewOnly = false } = body;
+  const max = deps.config.ticketMaxTtlSeconds;
+  if (typeof ttlSeconds !== 'number' || !Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > max) {
+    throw new GatewayError('BAD_REQUEST', `ttlSeconds must be an integer between 1 and ${max}`);
+  }
+  if (typeof viewOnly !== 'boolean') throw new GatewayError('BAD_REQUEST', 'viewOnly must be true or false');
+  const session = await requireSession(deps.db, requireId(id));
+  if (session.status === 'stopped' || session.status === 'failed') {
+    throw new GatewayError('SESSION_ENDED', `session is ${session.status}; create a new session`);
+  }
+  const { ticket, expiresAt } = await deps.tickets.mint(session.id, ttlSeconds, viewOnly);
+  return { ticket, expiresAt: expiresAt.toISOString(), consoleUrl: `${publicUrl}/console?ticket=${ticket}` };
+}

@@ -1,0 +1,24 @@
+// Session changes from the database trigger, as events: 'change' (id, status) for each NOTIFY, and
+// 'resync' whenever notifications may have been missed (the LISTEN connection was re-established),
+// so waiters re-read instead of trusting a silence.
+import { EventEmitter } from 'node:events';
+import type { SessionStatus } from './schema.js';
+
+export interface SessionEventMap {
+  change: [id: string, status: SessionStatus];
+  resync: [];
+}
+
+export class SessionEvents extends EventEmitter<SessionEventMap> {
+  constructor() {
+    super();
+    // Every waiting upgrade and live console listens: thousands are normal, not a leak.
+    this.setMaxListeners(0);
+  }
+
+  /** Parses a trigger payload "<uuid>:<status>" and emits it; ignores anything else. */
+  dispatch(payload: string | undefined): void {
+    const match = /^([0-9a-f-]{36}):([a-z]+)$/.exec(payload ?? '');
+    if (match) this.emit('change', match[1]!, match[2] as SessionStatus);
+  }
+}

@@ -1,0 +1,96 @@
+// Migrations are frozen in time (kysely site/docs/migrations.mdx): they take Kysely<any> and never
+// import the current schema types. Plain SQL, so PostgreSQL and the embedded PGlite run the same.
+import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } from 'kysely';
+
+const migrations: Record<string, Migration> = {
+  '2026-11-23-01-initial': {
+    async up(db: Kysely<any>) {
+      await sql`
+        create table console_sessions (
+          id uuid primary key,
+          protocol text not null check (protocol in ('vnc', 'websockify')),
+          owner_id text,
+          status text not null default 'pending'
+            check (status in ('pending', 'provisioning', 'ready', 'stopped', 'failed')),
+          target_host text,
+          target_port integer check (target_port between 1 and 65535),
+          target_path text,
+          failure_reason text,
+          diagnostics jsonb,
+          created_at timestamptz not null default now(),
+          updated_at timestamptz not null default now(),
+          ready_at timestamptz,
+          finished_at timestamptz,
+          probe_owner text,
+          probe_lease_until timestamptz
+        )`.execute(db);
+      await sql`create index console_sessions_provisioning on console_sessions (updated_at) where status = 'provisioning'`.execute(db);
+      await sql`
+        create table consumed_tickets (
+          jti text primary key,
+          session_id uuid not null,
+          consumed_at timestamptz not null default now(),
+          expires_at timestamptz not null
+        )`.execute(db);
+      await sql`create index consumed_tickets_expires_at on consumed_tickets (expires_at)`.execute(db);
+      await sql`
+        create table console_ports (
+          port integer primary key,
+          session_id uuid not null unique references console_sessions (id) on delete cascade,
+          allocated_at timestamptz not null default now()
+        )`.execute(db);
+      // Bookkeeping that must hold however a row is written (API, CLI or a backend's plain SQL):
+      // a committed target moves a pending session on, and the lifecycle timestamps are set once.
+      await sql`
+        create function console_sessions_touch() returns trigger language plpgsql as $$
+        begin
+          new.updated_at := now();
+          if new.target_host is not null and new.status = 'pending' then
+            new.status := 'provisioning';
+          end if;
+          if new.status = 'ready' and new.ready_at is null then
+            new.ready_at := now();
+          end if;
+          if new.status in ('stopped', 'failed') and new.finished_at is null then
+            new.finished_at := now();
+          end if;
+          return new;
+        end $$`.execute(db);
+      await sql`
+        create trigger console_sessions_touch before insert or update on console_sessions
+        for each row execute function console_sessions_touch()`.execute(db);
+      // Wakes waiting upgrades on every replica, whoever committed the change.
+      await sql`
+        create function console_sessions_notify() returns trigger language plpgsql as $$
+        begin
+          if tg_op = 'INSERT'
+             or new.status is distinct from old.status
+             or new.target_host is distinct from old.target_host
+             or new.target_port is distinct from old.target_port
+             or new.target_path is distinct from old.target_path then
+            perform pg_notify('console_session', new.id::text || ':' || new.status);
+          end if;
+          return null;
+        end $$`.execute(db);
+      await sql`
+        create trigger console_sessions_notify after insert or update on console_sessions
+        for each row execute function console_sessions_notify()`.execute(db);
+    },
+  },
+};
+
+/** Brings the schema to the latest version; throws with the failing migration's name. */
+export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultSet> {
+  const migrator = new Migrator({
+    db,
+    provider: { getMigrations: async () => migrations },
+    migrationTableName: 'console_gateway_migrations',
+    migrationLockTableName: 'console_gateway_migrations_lock',
+  });
+  const result = await migrator.migrateToLatest();
+  if (result.error !== undefined) {
+    const failed = result.results?.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
+    throw new Error(`migration ${failed} failed: ${(result.error as Error).message ?? result.error}`, { cause: result.error });
+  }
+  return result;
+}

@@ -1,0 +1,53 @@
+// The tables as kysely sees them (kysely's example/src/database.ts shape): one interface per
+// table, Selectable/Insertable/Updateable aliases for callers.
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+export type SessionStatus = 'pending' | 'provisioning' | 'ready' | 'stopped' | 'failed';
+export type Protocol = 'vnc' | 'websockify';
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string | null>;
+
+export interface ConsoleSessionsTable {
+  id: string;
+  protocol: Protocol;
+  owner_id: string | null;
+  status: Generated<SessionStatus>;
+  target_host: string | null;
+  target_port: number | null;
+  target_path: string | null;
+  failure_reason: string | null;
+  // jsonb: objects come back parsed; callers write JSON text.
+  diagnostics: ColumnType<unknown, string | null | undefined, string | null>;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+  ready_at: Timestamp | null;
+  finished_at: Timestamp | null;
+  probe_owner: string | null;
+  probe_lease_until: Timestamp | null;
+}
+
+export interface ConsumedTicketsTable {
+  jti: string;
+  session_id: string;
+  consumed_at: Generated<Date>;
+  expires_at: Date;
+}
+
+export interface ConsolePortsTable {
+  port: number;
+  session_id: string;
+  allocated_at: Generated<Date>;
+}
+
+export interface Database {
+  console_sessions: ConsoleSessionsTable;
+  consumed_tickets: ConsumedTicketsTable;
+  console_ports: ConsolePortsTable;
+}
+
+export type SessionRow = Selectable<ConsoleSessionsTable>;
+export type NewSessionRow = Insertable<ConsoleSessionsTable>;
+export type SessionUpdate = Updateable<ConsoleSessionsTable>;
+
+/** The channel the console_sessions trigger notifies on; the payload is "<id>:<status>". */
+export const SESSION_CHANNEL = 'console_session';

@@ -1,0 +1,167 @@
+// Console session queries. Each takes `db` first (kysely example style) and returns rows or throws a
+// GatewayError with a code the callers can branch on.
+import { randomUUID } from 'node:crypto';
+import { sql, type Kysely } from 'kysely';
+import { GatewayError } from '../errors.js';
+import type { Database, Protocol, SessionRow, SessionStatus } from './schema.js';
+
+export interface Target {
+  host: string;
+  port: number;
+  path: string | null;
+}
+
+/** A session as the API and CLI answer it (DESIGN.md "Sessions"). */
+export interface SessionView {
+  id: string;
+  status: SessionStatus;
+  protocol: Protocol;
+  ownerId: string | null;
+  target: Target | null;
+  createdAt: string;
+  readyAt: string | null;
+  finishedAt: string | null;
+  failureReason: string | null;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export function isUuid(value: unknown): value is string {
+  return typeof value === 'string' && UUID.test(value);
+}
+
+const iso = (d: Date | string | null): string | null => (d === null ? null : new Date(d).toISOString());
+
+export function targetOf(row: SessionRow): Target | null {
+  return row.target_host === null || row.target_port === null
+    ? null
+    : { host: row.target_host, port: row.target_port, path: row.target_path };
+}
+
+export function viewOf(row: SessionRow): SessionView {
+  return {
+    id: row.id,
+    status: row.status,
+    protocol: row.protocol,
+    ownerId: row.owner_id,
+    target: targetOf(row),
+    createdAt: iso(row.created_at)!,
+    readyAt: iso(row.ready_at),
+    finishedAt: iso(row.finished_at),
+    failureReason: row.failure_reason,
+  };
+}
+
+export const isEnded = (status: SessionStatus): boolean => status === 'stopped' || status === 'failed';
+
+export async function getSession(db: Kysely<Database>, id: string): Promise<SessionRow | undefined> {
+  if (!isUuid(id)) return undefined;
+  return db.selectFrom('console_sessions').selectAll().where('id', '=', id).executeTakeFirst();
+}
+
+export async function requireSession(db: Kysely<Database>, id: string): Promise<SessionRow> {
+  const row = await getSession(db, id);
+  if (row === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
+  return row;
+}
+
+export interface NewSession {
+  id?: string;
+  protocol: Protocol;
+  ownerId?: string | null;
+  target?: Target | null;
+  /** With gating disabled a committed target is ready at once. */
+  gatingEnabled: boolean;
+}
+
+export async function createSession(db: Kysely<Database>, input: NewSession): Promise<SessionRow> {
+  const id = input.id ?? randomUUID();
+  const target = input.target ?? null;
+  const row = await db
+    .insertInto('console_sessions')
+    .values({
+      id,
+      protocol: input.protocol,
+      owner_id: input.ownerId ?? null,
+      target_host: target?.host ?? null,
+      target_port: target?.port ?? null,
+      target_path: target?.path ?? null,
+      ...(target !== null && !input.gatingEnabled ? { status: 'ready' as const } : {}),
+    })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .returningAll()
+    .executeTakeFirst();
+  if (row === undefined) throw new GatewayError('CONFLICT', `a session with id ${id} already exists`);
+  return row;
+}
+
+/** Commits the VM address. Ended sessions cannot be retargeted. */
+export async function commitTarget(db: Kysely<Database>, id: string, target: Target, gatingEnabled: boolean): Promise<SessionRow> {
+  const row = await db
+    .updateTable('console_sessions')
+    .set({
+      target_host: target.host,
+      target_port: target.port,
+      target_path: target.path,
+      status: gatingEnabled ? 'provisioning' : 'ready',
+      ready_at: null,
+      probe_owner: null,
+      probe_lease_until: null,
+    })
+    .where('id', '=', id)
+    .where('status', 'not in', ['stopped', 'failed'])
+    .returningAll()
+    .executeTakeFirst();
+  if (row !== undefined) return row;
+  const existing = await requireSession(db, id);
+  throw new GatewayError('SESSION_ENDED', `session is ${existing.status}; create a new session`);
+}
+
+/** Marks the session stopped (idempotent) and releases its port. Returns the row as it now is. */
+export async function stopSession(db: Kysely<Database>, id: string): Promise<SessionRow> {
+  await requireSession(db, id);
+  return db.transaction().execute(async (tx) => {
+    await tx.deleteFrom('console_ports').where('session_id', '=', id).execute();
+    const stopped = await tx
+      .updateTable('console_sessions')
+      .set({ status: 'stopped' })
+      .where('id', '=', id)
+      .where('status', 'not in', ['stopped', 'failed'])
+      .returningAll()
+      .executeTakeFirst();
+    return stopped ?? (await requireSession(tx, id));
+  });
+}
+
+/** Marks the session failed with a one-line reason and diagnostics; no-op when already ended. */
+export async function failSession(db: Kysely<Database>, id: string, reason: string, diagnostics: unknown): Promise<SessionRow | undefined> {
+  return db.transaction().execute(async (tx) => {
+    await tx.deleteFrom('console_ports').where('session_id', '=', id).execute();
+    return tx
+      .updateTable('console_sessions')
+      .set({ status: 'failed', failure_reason: reason, diagnostics: JSON.stringify(diagnostics ?? null), probe_owner: null, probe_lease_until: null })
+      .where('id', '=', id)
+      .where('status', 'not in', ['stopped', 'failed'])
+      .returningAll()
+      .executeTakeFirst();
+  });
+}
+
+/** Provisioning → ready, only if the target is still the one that was probed. */
+export async function markReady(db: Kysely<Database>, id: string, probed: Target): Promise<SessionRow | undefined> {
+  return db
+    .updateTable('console_sessions')
+    .set({ status: 'ready', probe_owner: null, probe_lease_until: null })
+    .where('id', '=', id)
+    .where('status', '=', 'provisioning')
+    .where('target_host', '=', probed.host)
+    .where('target_port', '=', probed.port)
+    .returningAll()
+    .executeTakeFirst();
+}
+
+/** Seconds the database clock is ahead of ours; the gate and tickets use the database's clock. */
+export async function databaseNow(db: Kysely<Database>): Promise<Date> {
+  const { rows } = await sql<{ now: Date }>`select now() as now`.execute(db);
+  return new Date(rows[0]!.now);
+}

@@ -1,0 +1,73 @@
+// Prometheus metrics. One registry per gateway instance (tests run several in one process); labels
+// are closed sets (outcome codes, directions), never session ids, tickets or addresses.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface Metrics {
+  readonly registry: Registry;
+  readonly upgrades: Counter<'outcome'>;
+  readonly consolesActive: Gauge;
+  readonly consolesWaiting: Gauge;
+  readonly bytes: Counter<'direction'>;
+  readonly waitSeconds: Histogram;
+  readonly consoleSeconds: Histogram;
+  readonly closes: Counter<'code'>;
+  readonly probes: Counter<'result'>;
+  readonly sessionTransitions: Counter<'to'>;
+}
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
+  const registry = new Registry();
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'console_gateway_' });
+  const registers = [registry];
+  return {
+    registry,
+    upgrades: new Counter({
+      name: 'console_gateway_upgrades_total',
+      help: 'Console WebSocket upgrades by outcome (connected or the error code that refused them)',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    consolesActive: new Gauge({ name: 'console_gateway_consoles_active', help: 'Consoles currently piping bytes', registers }),
+    consolesWaiting: new Gauge({
+      name: 'console_gateway_consoles_waiting',
+      help: 'Upgrades waiting for their session to become ready',
+      registers,
+    }),
+    bytes: new Counter({
+      name: 'console_gateway_bytes_total',
+      help: 'Bytes piped: down = VM to browser, up = browser to VM',
+      labelNames: ['direction'],
+      registers,
+    }),
+    waitSeconds: new Histogram({
+      name: 'console_gateway_wait_seconds',
+      help: 'Time an upgrade waited for its session to become ready',
+      buckets: [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 25, 60],
+      registers,
+    }),
+    consoleSeconds: new Histogram({
+      name: 'console_gateway_console_duration_seconds',
+      help: 'Lifetime of connected consoles',
+      buckets: [1, 10, 60, 300, 900, 3600, 14400],
+      registers,
+    }),
+    closes: new Counter({
+      name: 'console_gateway_closes_total',
+      help: 'Console WebSockets closed by the gateway, by close code',
+      labelNames: ['code'],
+      registers,
+    }),
+    probes: new Counter({
+      name: 'console_gateway_probes_total',
+      help: 'Readiness probe attempts by result',
+      labelNames: ['result'],
+      registers,
+    }),
+    sessionTransitions: new Counter({
+      name: 'console_gateway_session_transitions_total',
+      help: 'Session status transitions made by this process',
+      labelNames: ['to'],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,159 @@
+// The HTTP server: routes, the console upgrade, health and drain. Everything it starts stops in
+// close(); tests and SIGTERM use the same path.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { WebSocketServer } from 'ws';
+import type { Config } from './config.js';
+import { Consoles } from './consoles.js';
+import { handleApi, sendJson } from './control-api.js';
+import type { Store } from './db/open.js';
+import { GatewayError, toGatewayError } from './errors.js';
+import type { Metrics } from './metrics.js';
+import { createWsProxy } from './proxy-upgrade.js';
+import { serveStatic } from './static.js';
+import type { Tickets } from './ticket.js';
+import { createUpgradeHandler, selectProtocol } from './upgrade.js';
+
+export interface GatewayOptions {
+  config: Config;
+  store: Store;
+  tickets: Tickets;
+  metrics: Metrics;
+  log: Logger;
+  teardown?: (sessionId: string) => Promise<void>;
+}
+
+export interface Gateway {
+  readonly server: Server;
+  readonly consoles: Consoles;
+  /** http://host:port the server listens on. */
+  readonly url: string;
+  readonly draining: boolean;
+  /** Drain (readyz 503, refuse new consoles, let live ones run until the deadline), then stop. */
+  close(): Promise<void>;
+}
+
+// Browser → VM traffic is key and pointer events, update requests and clipboard text (RFC 6143
+// §7.5); a larger frame is not a console talking.
+const MAX_PAYLOAD_BYTES = 256 * 1024;
+const HEARTBEAT_MS = 30_000;
+const READY_PING_TIMEOUT_MS = 2_000;
+const CLOSE_GRACE_MS = 1_000;
+
+/** Starts listening on config.host:config.port (0 = any free port; read `url` for the real one). */
+export async function startGateway(options: GatewayOptions): Promise<Gateway> {
+  const { config, store, tickets, metrics, log } = options;
+  let draining = false;
+  const sockets = new Set<Socket>();
+  const consoles = new Consoles(store.events, {
+    idleTimeoutMs: config.idleTimeoutSeconds * 1000,
+    maxDurationMs: config.maxDurationSeconds * 1000,
+    heartbeatMs: HEARTBEAT_MS,
+  });
+  const wss = new WebSocketServer({
+    noServer: true,
+    clientTracking: false,
+    maxPayload: MAX_PAYLOAD_BYTES,
+    // VNC encodings are compressed already; deflate would only cost CPU and memory per console.
+    perMessageDeflate: false,
+    handleProtocols: selectProtocol,
+  });
+  const proxy = createWsProxy();
+  const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
+  const apiDeps = { config, db: store.db, tickets, publicUrl, ...(options.teardown ? { teardown: options.teardown } : {}) };
+
+  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    try {
+      if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
+      if (path === '/readyz') return await readyz(res);
+      if (path === '/metrics') {
+        res.writeHead(200, { 'Content-Type': metrics.registry.contentType });
+        return void res.end(await metrics.registry.metrics());
+      }
+      if (path.startsWith('/api/v1/')) return await handleApi(apiDeps, req, res, path);
+      if (await serveStatic(req, res, path)) return;
+      if (path === '/websockify') throw new GatewayError('BAD_REQUEST', 'this path only takes WebSocket upgrades');
+      throw new GatewayError('NOT_FOUND', 'not found');
+    } catch (error) {
+      const failure = toGatewayError(error);
+      // Only the path: the query may hold a ticket.
+      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' ? { err: failure.cause } : {}) }, failure.message);
+      if (res.headersSent) return void res.destroy();
+      sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
+    }
+  }
+
+  async function readyz(res: ServerResponse): Promise<void> {
+    if (draining) return sendJson(res, 503, { status: 'draining' });
+    try {
+      await Promise.race([
+        store.ping(),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('database ping timed out')), READY_PING_TIMEOUT_MS).unref()),
+      ]);
+      sendJson(res, 200, { status: 'ready', database: store.kind });
+    } catch {
+      sendJson(res, 503, { status: 'database unreachable', database: store.kind });
+    }
+  }
+
+  const server = createServer((req, res) => void onRequest(req, res));
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  // A malformed request line or header: answer 400 and drop it, never crash.
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  server.on(
+    'upgrade',
+    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, isDraining: () => draining }),
+  );
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `http://${host === '0.0.0.0' || host === '[::]' ? 'localhost' : host}:${address.port}`;
+  log.info({ url, database: store.kind, gating: config.readyGatingEnabled }, 'gateway listening');
+
+  let closing: Promise<void> | undefined;
+  async function drainAndClose(): Promise<void> {
+    draining = true;
+    log.info({ live: consoles.live.size, waiting: consoles.waiting.size, drainSeconds: config.drainTimeoutSeconds }, 'draining');
+    consoles.abortWaiting(new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect'));
+    const deadline = Date.now() + config.drainTimeoutSeconds * 1000;
+    while (consoles.live.size > 0 && Date.now() < deadline) await sleep(100);
+    consoles.closeAll('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
+    const grace = Date.now() + CLOSE_GRACE_MS;
+    while ((consoles.live.size > 0 || consoles.waiting.size > 0) && Date.now() < grace) await sleep(20);
+    consoles.stop();
+    const closed = new Promise((resolve) => server.close(resolve));
+    // server.close() does not end upgraded sockets or idle keep-alive connections.
+    for (const socket of sockets) socket.destroy();
+    await closed;
+    proxy.close();
+    log.info('gateway stopped');
+  }
+
+  return {
+    server,
+    consoles,
+    url,
+    get draining() {
+      return draining;
+    },
+    close: () => (closing ??= drainAndClose()),
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

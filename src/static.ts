@@ -1,0 +1,90 @@
+// Serves the console page (static/) and noVNC (the @novnc/novnc package, ES modules only, so
+// .js goes out as text/javascript). Files only: no directory listings, no path outside a root.
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createRequire } from 'node:module';
+import { dirname, extname, join, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.woff2': 'font/woff2',
+};
+
+export const STATIC_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'static');
+// The package's "exports" points at core/rfb.js; its root is two levels up.
+export const NOVNC_DIR = resolve(dirname(createRequire(import.meta.url).resolve('@novnc/novnc')), '..');
+
+const PAGE_HEADERS = {
+  'Cache-Control': 'no-store',
+  // The page holds a ticket in its URL until its script removes it: keep it out of Referer headers.
+  'Referrer-Policy': 'no-referrer',
+  'X-Content-Type-Options': 'nosniff',
+  'Content-Security-Policy':
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors *",
+};
+
+/**
+ * Maps a URL path under `root` to a file path, or undefined for anything that is not a plain
+ * relative path (encoded separators, `..`, NUL bytes, hidden files).
+ */
+export function safeJoin(root: string, urlPath: string): string | undefined {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(urlPath);
+  } catch {
+    return undefined;
+  }
+  if (decoded.includes('\0') || decoded.includes('\\')) return undefined;
+  const parts = decoded.split('/').filter((p) => p !== '');
+  if (parts.length === 0 || parts.some((p) => p === '..' || p === '.' || p.startsWith('.'))) return undefined;
+  const full = join(root, ...parts);
+  return full.startsWith(root + sep) ? full : undefined;
+}
+
+/** Answers GET/HEAD for /console, /static/* and /novnc/*; returns false when the path is not ours. */
+export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
+  let file: string | undefined;
+  let headers: Record<string, string>;
+  if (path === '/console' || path === '/console/') {
+    file = join(STATIC_DIR, 'console.html');
+    headers = PAGE_HEADERS;
+  } else if (path.startsWith('/static/')) {
+    file = safeJoin(STATIC_DIR, path.slice('/static/'.length));
+    headers = { 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' };
+  } else if (path.startsWith('/novnc/')) {
+    const rest = path.slice('/novnc/'.length);
+    // Only the library's code, not its docs or package metadata.
+    file = rest.startsWith('core/') || rest.startsWith('vendor/') ? safeJoin(NOVNC_DIR, rest) : undefined;
+    headers = { 'Cache-Control': 'public, max-age=3600', 'X-Content-Type-Options': 'nosniff' };
+  } else {
+    return false;
+  }
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('method not allowed\n');
+    return true;
+  }
+  const type = file === undefined ? undefined : TYPES[extname(file)];
+  const info = file === undefined || type === undefined ? undefined : await stat(file).catch(() => undefined);
+  if (file === undefined || type === undefined || info === undefined || !info.isFile()) {
+    res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+    return true;
+  }
+  res.writeHead(200, { ...headers, 'Content-Type': type, 'Content-Length': info.size, 'Last-Modified': info.mtime.toUTCString() });
+  if (req.method === 'HEAD') {
+    res.end();
+    return true;
+  }
+  const stream = createReadStream(file);
+  stream.on('error', () => res.destroy());
+  stream.pipe(res);
+  return true;
+}

@@ -1,0 +1,170 @@
+// One-time console tickets: compact JWS with an explicit algorithm allowlist (HS256 with a shared
+// secret; EdDSA/ES256 against a JWKS so a frontend can mint with a private key the gateway never
+// holds). Verification never touches the database; consumption does, and the database is the
+// authority: the LRU only short-cuts replays this process has already seen.
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { SignJWT, createLocalJWKSet, errors, jwtVerify, type CryptoKey, type JWTVerifyGetKey, type KeyObject } from 'jose';
+import type { Kysely } from 'kysely';
+import { LRUCache } from 'lru-cache';
+import { GatewayError } from './errors.js';
+import { consumeTicket } from './db/tickets.js';
+import { isUuid } from './db/sessions.js';
+import type { Database } from './db/schema.js';
+
+export interface TicketClaims {
+  sessionId: string;
+  jti: string;
+  expiresAt: Date;
+  viewOnly: boolean;
+}
+
+export interface TicketOptions {
+  secret?: Uint8Array | undefined;
+  /** Parsed JWKS ({ keys: [...] }) holding the frontends' public keys. */
+  jwks?: { keys: object[] } | undefined;
+  audience: string;
+  issuers: readonly string[];
+  maxTtlSeconds: number;
+  clockToleranceSeconds?: number;
+}
+
+const ASYMMETRIC = ['EdDSA', 'ES256'] as const;
+const MAX_TICKET_LENGTH = 4096;
+const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
+
+/** Reads TICKET_JWKS_FILE; throws a one-line error naming the file, never its content. */
+export async function readJwksFile(path: string): Promise<{ keys: object[] }> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(path, 'utf8'));
+  } catch (error) {
+    throw new Error(`TICKET_JWKS_FILE ${path} is not readable JSON: ${(error as Error).message.split('\n')[0]}`, { cause: error });
+  }
+  const keys = (parsed as { keys?: unknown })?.keys;
+  if (!Array.isArray(keys) || keys.length === 0) throw new Error(`TICKET_JWKS_FILE ${path} has no "keys" array`);
+  if (keys.some((k) => typeof k !== 'object' || k === null || 'd' in k)) {
+    throw new Error(`TICKET_JWKS_FILE ${path} must hold public keys only`);
+  }
+  return { keys };
+}
+
+export class Tickets {
+  private readonly algorithms: string[];
+  private readonly jwks: JWTVerifyGetKey | undefined;
+  // jti → true for tickets this process consumed or saw refused as used; entries die with the ticket.
+  private readonly seen = new LRUCache<string, true>({ max: 100_000, ttlAutopurge: false });
+
+  constructor(
+    private readonly options: TicketOptions,
+    private readonly db: Kysely<Database>,
+  ) {
+    this.algorithms = [...(options.secret ? ['HS256'] : []), ...(options.jwks ? ASYMMETRIC : [])];
+    this.jwks = options.jwks ? createLocalJWKSet(options.jwks as Parameters<typeof createLocalJWKSet>[0]) : undefined;
+  }
+
+  /** True when this gateway can mint tickets itself (it holds TICKET_SECRET). */
+  get canMint(): boolean {
+    return this.options.secret !== undefined;
+  }
+
+  /** Checks signature, algorithm, exp, aud, iss, sub and lifetime. Throws TICKET_INVALID / TICKET_EXPIRED. */
+  async verify(token: string): Promise<TicketClaims> {
+    if (token.length > MAX_TICKET_LENGTH || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token)) {
+      throw new GatewayError('TICKET_INVALID', 'ticket invalid: not a compact JWS');
+    }
+    const tolerance = this.options.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+    let payload;
+    try {
+      // The key follows the algorithm in the header, so an HS256 token can never be checked
+      // against a public key (the classic HS/RS confusion), and 'none' is never in the list.
+      ({ payload } = await jwtVerify(
+        token,
+        async (header, input) => (header.alg === 'HS256' ? this.options.secret! : this.jwks!(header, input)),
+        {
+          algorithms: this.algorithms,
+          audience: this.options.audience,
+          ...(this.options.issuers.length > 0 ? { issuer: [...this.options.issuers] } : {}),
+          requiredClaims: ['sub', 'jti', 'exp', 'iat'],
+          clockTolerance: tolerance,
+        },
+      ));
+    } catch (error) {
+      throw verifyError(error);
+    }
+    const { sub, jti, exp, iat } = payload as { sub: string; jti: string; exp: number; iat: number };
+    if (!isUuid(sub)) throw new GatewayError('TICKET_INVALID', 'ticket invalid: its subject is not a session id');
+    if (typeof jti !== 'string' || jti.length === 0 || jti.length > 128) throw new GatewayError('TICKET_INVALID', 'ticket invalid: bad jti');
+    if (exp - iat > this.options.maxTtlSeconds) {
+      throw new GatewayError('TICKET_INVALID', `ticket invalid: lifetime over ${this.options.maxTtlSeconds} s`);
+    }
+    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
+  }
+
+  /** Consumes the ticket once across every process sharing the database; throws TICKET_USED after. */
+  async consume(claims: TicketClaims): Promise<void> {
+    if (this.seen.has(claims.jti)) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
+    const ttl = Math.max(1, claims.expiresAt.getTime() - Date.now() + 60_000);
+    const won = await consumeTicket(this.db, claims.jti, claims.sessionId, claims.expiresAt);
+    this.seen.set(claims.jti, true, { ttl });
+    if (!won) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
+  }
+
+  /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */
+  async mint(sessionId: string, ttlSeconds: number, viewOnly = false): Promise<{ ticket: string; expiresAt: Date }> {
+    if (!this.options.secret) {
+      throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
+    }
+    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, audience: this.options.audience });
+  }
+}
+
+function verifyError(error: unknown): GatewayError {
+  if (error instanceof errors.JWTExpired) return new GatewayError('TICKET_EXPIRED', 'ticket expired: ask for a new console link', { cause: error });
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    const what = error.claim === 'aud' ? 'it is for another audience' : error.claim === 'iss' ? 'its issuer is not allowed' : `claim ${error.claim} is wrong`;
+    return new GatewayError('TICKET_INVALID', `ticket invalid: ${what}`, { cause: error });
+  }
+  if (error instanceof errors.JOSEAlgNotAllowed) return new GatewayError('TICKET_INVALID', 'ticket invalid: signing algorithm not allowed', { cause: error });
+  if (error instanceof errors.JWSSignatureVerificationFailed) return new GatewayError('TICKET_INVALID', 'ticket invalid: bad signature', { cause: error });
+  if (error instanceof errors.JWKSNoMatchingKey) return new GatewayError('TICKET_INVALID', 'ticket invalid: signed by an unknown key', { cause: error });
+  return new GatewayError('TICKET_INVALID', 'ticket invalid: malformed', { cause: error });
+}
+
+export interface MintOptions {
+  sessionId: string;
+  /** A shared secret (HS256, at least 32 bytes) or a private key (EdDSA or ES256). */
+  key: Uint8Array | string | CryptoKey | KeyObject;
+  /** Required for a private key: 'EdDSA' or 'ES256'. Ignored for a secret. */
+  alg?: 'EdDSA' | 'ES256';
+  /** The JWKS key id of a private key, so the gateway picks the right public key. */
+  kid?: string;
+  ttlSeconds?: number;
+  viewOnly?: boolean;
+  audience?: string;
+  issuer?: string;
+}
+
+/**
+ * Mints a one-time console ticket. For Node frontends:
+ * `const { ticket } = await mintTicket({ sessionId, key: process.env.TICKET_SECRET })`.
+ */
+export async function mintTicket(options: MintOptions): Promise<{ ticket: string; expiresAt: Date }> {
+  const key = typeof options.key === 'string' ? new TextEncoder().encode(options.key) : options.key;
+  const symmetric = key instanceof Uint8Array;
+  if (symmetric && key.length < 32) throw new Error('ticket secret must be at least 32 bytes');
+  if (!symmetric && options.alg === undefined) throw new Error('alg (EdDSA or ES256) is required with a private key');
+  const now = Math.floor(Date.now() / 1000);
+  const exp = now + (options.ttlSeconds ?? 60);
+  const header = { alg: symmetric ? 'HS256' : options.alg!, typ: 'JWT', ...(options.kid ? { kid: options.kid } : {}) };
+  const ticket = await new SignJWT(options.viewOnly ? { view_only: true } : {})
+    .setProtectedHeader(header)
+    .setSubject(options.sessionId)
+    .setJti(randomUUID())
+    .setIssuedAt(now)
+    .setExpirationTime(exp)
+    .setAudience(options.audience ?? 'console-gateway')
+    .setIssuer(options.issuer ?? 'console-gateway')
+    .sign(key);
+  return { ticket, expiresAt: new Date(exp * 1000) };
+}

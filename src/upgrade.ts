@@ -1,0 +1,304 @@
+// The console path, top to bottom: origin → ticket → session → wait → target → dial → pipe → close.
+// The browser's handshake is completed only once the VM console answers, so every failure before
+// that point becomes a completed handshake closed with the documented code and reason (`refuse`,
+// the one place that turns an error into a close code, a log line and a metric), never a bare 1006.
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { WebSocket, WebSocketServer } from 'ws';
+import type { Config } from './config.js';
+import type { Store } from './db/open.js';
+import type { SessionRow } from './db/schema.js';
+import { CATALOGUE, GatewayError, closeReason, toGatewayError } from './errors.js';
+import { bridge, type BridgeCounters } from './bridge.js';
+import type { Consoles, LiveConsole } from './consoles.js';
+import type { Metrics } from './metrics.js';
+import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
+import { resolveTarget } from './target.js';
+import type { Tickets } from './ticket.js';
+import { waitForSession } from './wait.js';
+
+export interface UpgradeDeps {
+  config: Config;
+  store: Store;
+  tickets: Tickets;
+  consoles: Consoles;
+  metrics: Metrics;
+  log: Logger;
+  wss: WebSocketServer;
+  proxy: WsProxy;
+  isDraining(): boolean;
+}
+
+/** Bytes queued towards one browser before the VM's socket is paused. */
+const HIGH_WATER_MARK = 256 * 1024;
+
+/** The 'upgrade' listener for the HTTP server. */
+export function createUpgradeHandler(deps: UpgradeDeps) {
+  const counters: BridgeCounters = {
+    down: (n) => down.inc(n),
+    up: (n) => up.inc(n),
+  };
+  const down = deps.metrics.bytes.labels('down');
+  const up = deps.metrics.bytes.labels('up');
+  return function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // Before anything async: an unhandled 'error' on this socket would crash the process.
+    socket.on('error', socketOnError);
+    if (pathOf(req) !== '/websockify') return writeHttpError(socket, 404, 'Not Found');
+    const malformed = handshakeProblem(req);
+    if (malformed !== undefined) return writeHttpError(socket, 400, malformed);
+    void serveConsole(deps, counters, req, socket as Socket, head);
+  };
+}
+
+async function serveConsole(deps: UpgradeDeps, counters: BridgeCounters, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+  const { config, store, tickets, consoles, metrics } = deps;
+  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
+  const waiting = new AbortController();
+  const browserGone = () => waiting.abort(new BrowserGone());
+  socket.once('close', browserGone);
+  let refused = false;
+  const refuse = (error: unknown) => {
+    if (refused) return;
+    refused = true;
+    refuseUpgrade(deps, log, req, socket, head, error);
+  };
+  try {
+    if (deps.isDraining()) throw new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
+    if (config.maxConsoles > 0 && consoles.size >= config.maxConsoles) {
+      throw new GatewayError('CAPACITY', 'the gateway is at its console limit; try again shortly');
+    }
+    checkOrigin(req, config);
+    const token = ticketOf(req);
+    if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
+    const claims = await tickets.verify(token);
+    log = log.child({ sessionId: claims.sessionId });
+    await tickets.consume(claims);
+
+    consoles.waiting.add(waiting);
+    metrics.consolesWaiting.inc();
+    const waitStarted = performance.now();
+    let session: SessionRow;
+    try {
+      session = await waitForSession(store.db, store.events, claims.sessionId, {
+        budgetMs: config.targetWaitTimeoutSeconds * 1000,
+        gatingEnabled: config.readyGatingEnabled,
+        signal: waiting.signal,
+      });
+    } finally {
+      consoles.waiting.delete(waiting);
+      metrics.consolesWaiting.dec();
+      metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
+    }
+
+    const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
+    const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    socket.off('close', browserGone);
+    if (session.protocol === 'websockify') {
+      const hostHeader = `${session.target_host}:${session.target_port}`;
+      const path = session.target_path ?? '/';
+      await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+      await pipeRaw(deps, log, session.id, socket, vm);
+    } else {
+      await pipeVnc(deps, log, counters, session.id, accept(deps.wss, req, socket, head), vm);
+    }
+  } catch (error) {
+    refuse(error);
+  } finally {
+    socket.off('close', browserGone);
+  }
+}
+
+class BrowserGone extends Error {}
+
+/** The one place a refused upgrade becomes a close code, a log line and a metric. */
+function refuseUpgrade(deps: UpgradeDeps, log: Logger, req: IncomingMessage, socket: Socket, head: Buffer, error: unknown): void {
+  if (error instanceof BrowserGone || (socket.destroyed && !(error instanceof GatewayError))) {
+    deps.metrics.upgrades.inc({ outcome: 'BROWSER_GONE' });
+    log.info('the browser left before its console was ready');
+    return;
+  }
+  const failure = toGatewayError(error);
+  deps.metrics.upgrades.inc({ outcome: failure.code });
+  deps.metrics.closes.inc({ code: String(failure.closeCode) });
+  log[failure.level](
+    { code: failure.code, closeCode: failure.closeCode, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) },
+    `console refused: ${failure.message}`,
+  );
+  if (socket.destroyed || !socket.writable) return;
+  const ws = accept(deps.wss, req, socket, head, true);
+  ws?.close(failure.closeCode, closeReason(failure.message));
+}
+
+/** Completes the browser's handshake synchronously (no verifyClient is configured). */
+function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer): WebSocket;
+function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer, optional: true): WebSocket | undefined;
+function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer, optional = false): WebSocket | undefined {
+  let accepted: WebSocket | undefined;
+  wss.handleUpgrade(req, socket, head, (ws) => {
+    // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
+    ws.on('error', wsOnError);
+    accepted = ws;
+  });
+  if (accepted === undefined && !optional) throw new BrowserGone();
+  return accepted;
+}
+
+async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters, sessionId: string, ws: WebSocket, vm: Socket): Promise<void> {
+  let alive = true;
+  ws.on('pong', () => (alive = true));
+  let closedBy: string | undefined;
+  const live: LiveConsole = {
+    sessionId,
+    startedAt: Date.now(),
+    lastActivity: Date.now(),
+    close(code, message) {
+      closedBy ??= code;
+      ws.close(CATALOGUE[code].close, closeReason(message));
+      vm.destroy();
+    },
+    heartbeat() {
+      if (!alive) return false;
+      alive = false;
+      ws.ping();
+      return true;
+    },
+  };
+  await track(deps, log, live, () => bridge(ws, vm, HIGH_WATER_MARK, counters, live).then((end) => closedBy ?? end));
+}
+
+async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {
+  let closedBy: string | undefined;
+  const live: LiveConsole = {
+    sessionId,
+    startedAt: Date.now(),
+    lastActivity: Date.now(),
+    // The byte stream belongs to the target's WebSocket framing; a close frame of ours cannot be
+    // spliced into it, so ending a pass-through console drops both connections.
+    close(code) {
+      closedBy ??= code;
+      socket.destroy();
+      vm.destroy();
+    },
+  };
+  const down = deps.metrics.bytes.labels('down');
+  const up = deps.metrics.bytes.labels('up');
+  vm.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), down.inc(chunk.length)));
+  socket.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), up.inc(chunk.length)));
+  await track(deps, log, live, () => new Promise<string>((resolve) => socket.once('close', () => resolve(closedBy ?? 'closed'))));
+}
+
+async function track(deps: UpgradeDeps, log: Logger, live: LiveConsole, run: () => Promise<string>): Promise<void> {
+  deps.consoles.add(live);
+  deps.metrics.upgrades.inc({ outcome: 'connected' });
+  deps.metrics.consolesActive.inc();
+  log.info('console connected');
+  try {
+    const end = await run();
+    const seconds = (Date.now() - live.startedAt) / 1000;
+    deps.metrics.consoleSeconds.observe(seconds);
+    log.info({ end, seconds }, 'console closed');
+  } finally {
+    deps.consoles.delete(live);
+    deps.metrics.consolesActive.dec();
+  }
+}
+
+/** Connects to a checked address; DIAL_FAILED with the reason on refusal or timeout. */
+function dial(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const vm = connect({ host: address, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    const timer = setTimeout(() => fail(new GatewayError('DIAL_FAILED', `the VM console port did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
+    const aborted = () => fail(signal.reason);
+    signal.addEventListener('abort', aborted, { once: true });
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', aborted);
+      vm.off('error', onError);
+    };
+    function fail(error: unknown) {
+      done();
+      vm.destroy();
+      reject(error);
+    }
+    function onError(error: NodeJS.ErrnoException) {
+      const why = error.code === 'ECONNREFUSED' ? 'refused the connection' : `could not be reached (${error.code ?? 'error'})`;
+      fail(new GatewayError('DIAL_FAILED', `the VM console port ${why}`, { cause: error }));
+    }
+    vm.on('error', onError);
+    vm.once('connect', () => {
+      done();
+      // Errors after this point are the pump's; keep one listener so none can crash the process.
+      vm.on('error', () => {});
+      resolve(vm);
+    });
+  });
+}
+
+function checkOrigin(req: IncomingMessage, config: Config): void {
+  const origin = req.headers.origin;
+  // A non-browser client sends no Origin; its ticket is its only credential (DESIGN.md).
+  if (origin === undefined) return;
+  const allowed =
+    config.allowedOrigins.length > 0
+      ? config.allowedOrigins
+      : [config.publicUrl !== undefined ? new URL(config.publicUrl).origin : `${isTls(req) ? 'https' : 'http'}://${req.headers.host}`];
+  if (allowed.includes('*') || allowed.includes(origin)) return;
+  throw new GatewayError('ORIGIN_FORBIDDEN', 'this page is not allowed to open consoles here (origin not in ALLOWED_ORIGINS)');
+}
+
+function isTls(req: IncomingMessage): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
+}
+
+/** The ticket from `ticket=`, `token=` (websockify compatibility) or a `ticket.<T>` subprotocol. */
+export function ticketOf(req: IncomingMessage): string | undefined {
+  const query = new URL(req.url ?? '/', 'http://gateway').searchParams;
+  const fromQuery = query.get('ticket') ?? query.get('token');
+  if (fromQuery) return fromQuery;
+  const offered = req.headers['sec-websocket-protocol']?.split(',').map((p) => p.trim());
+  return offered?.find((p) => p.startsWith('ticket.'))?.slice('ticket.'.length) || undefined;
+}
+
+/** noVNC offers no subprotocol by default; answer 'binary' only when offered (Chromium drops a mismatch). */
+export function selectProtocol(offered: Set<string>): string | false {
+  if (offered.has('binary')) return 'binary';
+  // A client that offered only its ticket must get one of its own values back or it fails the
+  // connection; echoing it returns the ticket to the client that sent it, nowhere else.
+  return [...offered][0] ?? false;
+}
+
+function pathOf(req: IncomingMessage): string {
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
+}
+
+// RFC 6455 §4.2.1: what a server must check before it may answer 101.
+function handshakeProblem(req: IncomingMessage): string | undefined {
+  if (req.method !== 'GET') return 'WebSocket upgrades must use GET';
+  if (req.headers.upgrade?.toLowerCase() !== 'websocket') return 'Upgrade header must be websocket';
+  const key = req.headers['sec-websocket-key'];
+  if (key === undefined || !/^[+/0-9A-Za-z]{22}==$/.test(key)) return 'missing or invalid Sec-WebSocket-Key';
+  const version = req.headers['sec-websocket-version'];
+  if (version !== '13' && version !== '8') return 'unsupported Sec-WebSocket-Version (use 13)';
+  return undefined;
+}
+
+function writeHttpError(socket: Duplex, status: number, message: string): void {
+  const reason = status === 404 ? 'Not Found' : 'Bad Request';
+  const body = `${message}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+function socketOnError(this: Duplex): void {
+  this.destroy();
+}
+
+function wsOnError(): void {
+  // ws closes the connection itself after an error; the pump and refusal paths see the 'close'.
+}

@@ -22,11 +22,22 @@ const SEND_OPTIONS = { binary: true } as const;
 
 /**
  * Pipes `ws` ⇄ `tcp` until either side ends; an end or error on one side tears down the other with
- * the documented close code. Resolves once, after the WebSocket has closed, with who ended it.
+ * the documented close code. Resolves once both connections are closed, with who ended it.
+ * `browser` is the socket under `ws`: its 'close' is the end of the browser side even when `ws`
+ * is paused and would otherwise emit 'close' only after its receiver drains.
  */
-export function bridge(ws: WebSocket, tcp: Socket, highWaterMark: number, counters: BridgeCounters, state: BridgeState): Promise<BridgeEnd> {
+export function bridge(
+  ws: WebSocket,
+  browser: Socket,
+  tcp: Socket,
+  highWaterMark: number,
+  counters: BridgeCounters,
+  state: BridgeState,
+): Promise<BridgeEnd> {
   return new Promise((resolve) => {
     let ended: BridgeEnd | undefined;
+    let open = 2;
+    const closed = () => --open === 0 && resolve(ended!);
 
     const resumeTcp = () => tcp.resume();
     tcp.on('data', function tcpOnData(chunk: Buffer) {
@@ -45,8 +56,11 @@ export function bridge(ws: WebSocket, tcp: Socket, highWaterMark: number, counte
     });
     tcp.on('close', function tcpOnClose() {
       ended ??= 'vm';
+      // Read again, or the browser's answer to our close frame would wait behind a paused socket.
+      ws.resume();
       if (ended === 'vm-error') ws.close(CATALOGUE.DIAL_FAILED.close, closeReason('lost the connection to the VM console'));
       else ws.close(CATALOGUE.VM_CLOSED.close, 'the VM closed the console connection');
+      closed();
     });
 
     ws.on('message', function wsOnMessage(data: Buffer) {
@@ -54,14 +68,14 @@ export function bridge(ws: WebSocket, tcp: Socket, highWaterMark: number, counte
       counters.up(data.length);
       if (!tcp.write(data)) ws.pause();
     });
-    ws.on('error', function wsOnError() {
-      ended ??= 'browser';
-      tcp.destroy();
-    });
     ws.on('close', function wsOnClose() {
       ended ??= 'browser';
       tcp.destroy();
-      resolve(ended);
+    });
+    browser.once('close', function browserOnClose() {
+      ended ??= 'browser';
+      tcp.destroy();
+      closed();
     });
   });
 }

@@ -102,7 +102,7 @@ async function serveConsole(deps: UpgradeDeps, counters: BridgeCounters, req: In
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
       await pipeRaw(deps, log, session.id, socket, vm);
     } else {
-      await pipeVnc(deps, log, counters, session.id, accept(deps.wss, req, socket, head), vm);
+      await pipeVnc(deps, log, counters, session.id, accept(deps.wss, req, socket, head), socket, vm);
     }
   } catch (error) {
     refuse(error);
@@ -146,7 +146,7 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   return accepted;
 }
 
-async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters, sessionId: string, ws: WebSocket, vm: Socket): Promise<void> {
+async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters, sessionId: string, ws: WebSocket, browser: Socket, vm: Socket): Promise<void> {
   let alive = true;
   ws.on('pong', () => (alive = true));
   let closedBy: string | undefined;
@@ -160,13 +160,15 @@ async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters,
       vm.destroy();
     },
     heartbeat() {
+      // While the pump holds the browser back nothing is read, pongs included.
+      if (ws.isPaused) return true;
       if (!alive) return false;
       alive = false;
       ws.ping();
       return true;
     },
   };
-  await track(deps, log, live, () => bridge(ws, vm, HIGH_WATER_MARK, counters, live).then((end) => closedBy ?? end));
+  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, counters, live).then((end) => closedBy ?? end));
 }
 
 async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {

@@ -1,0 +1,197 @@
+// One readiness probe attempt against a session's target (seed: noVNC readiness gating). A console
+// is ready when it speaks, not when a port is open: `vnc` targets must send the RFB banner
+// (RFC 6143 §7.1.1), `websockify` targets must serve the noVNC page, complete a WebSocket
+// handshake and relay that banner. Every attempt settles once, with a one-line reason on failure,
+// and leaves no socket or timer behind.
+import { request, type IncomingMessage } from 'node:http';
+import { connect, isIP, type Socket } from 'node:net';
+import { WebSocket } from 'ws';
+import type { Protocol } from './db/schema.js';
+import { GatewayError } from './errors.js';
+import { resolveTarget, type CidrList, type Resolver } from './target.js';
+
+export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number };
+
+export interface ProbeTarget {
+  host: string;
+  port: number;
+  path: string | null;
+}
+
+export interface ProbeOptions {
+  allowed: CidrList;
+  readyPaths: readonly string[];
+  /** Budget of each network step (connect + banner, one HTTP GET, the WebSocket handshake + banner). */
+  attemptTimeoutMs: number;
+  signal?: AbortSignal;
+  resolve?: Resolver;
+}
+
+const RFB_BANNER = /^RFB \d{3}\.\d{3}\n$/;
+const BANNER_BYTES = 12;
+
+/** A failed step: its message is the probe's one-line reason. */
+class NotReady extends Error {}
+
+/** Probes `target` once. Never throws: a forbidden or unresolvable target is a failed probe. */
+export async function probeSession(target: ProbeTarget, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
+  const started = performance.now();
+  const elapsed = () => Math.round(performance.now() - started);
+  try {
+    options.signal?.throwIfAborted();
+    const address = await resolveTarget(target.host, options.allowed, options.resolve);
+    if (protocol === 'vnc') {
+      await readTcpBanner(address, target.port, options);
+    } else {
+      await getReadyPage(address, target, options);
+      await readWebSocketBanner(address, target, options);
+    }
+    return { ok: true, elapsedMs: elapsed() };
+  } catch (error) {
+    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed() };
+  }
+}
+
+function reasonOf(error: unknown): string {
+  if (error instanceof NotReady || error instanceof GatewayError) return error.message;
+  if ((error as Error)?.name === 'AbortError') return 'probe aborted';
+  return `probe error: ${(error as Error)?.message ?? String(error)}`.split('\n')[0]!;
+}
+
+const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
+
+/** Why a connection attempt failed, in the words an operator searches for. */
+function connectReason(error: NodeJS.ErrnoException, timeoutMs: number): string {
+  switch (error.code) {
+    case 'ECONNREFUSED':
+      return 'TCP connect refused';
+    case 'ETIMEDOUT':
+      return `TCP connect timed out after ${seconds(timeoutMs)}`;
+    case 'ECONNRESET':
+      return 'connection reset by the VM';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return `TCP connect failed: host unreachable (${error.code})`;
+    default:
+      return `TCP connect failed (${error.code ?? error.message})`;
+  }
+}
+
+/** Printable form of a wrong banner, so the reason shows what answered instead (HTTP, SSH…). */
+function shown(bytes: Buffer): string {
+  return JSON.stringify(bytes.toString('latin1').replace(/[^\x20-\x7e]/g, '.'));
+}
+
+/**
+ * Runs `body` with a deadline and the caller's signal; `cleanup` always runs once (destroying
+ * sockets), whichever of success, failure, timeout or abort comes first.
+ */
+function step<T>(
+  options: ProbeOptions,
+  timeoutReason: () => string,
+  body: (settle: { resolve(value: T): void; reject(error: Error): void }) => () => void,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let done = false;
+    let cleanup: () => void = () => {};
+    const finish = (action: () => void) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      options.signal?.removeEventListener('abort', onAbort);
+      cleanup();
+      action();
+    };
+    const onAbort = () => finish(() => reject(options.signal!.reason));
+    const timer = setTimeout(() => finish(() => reject(new NotReady(timeoutReason()))), options.attemptTimeoutMs);
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    cleanup = body({ resolve: (v) => finish(() => resolve(v)), reject: (e) => finish(() => reject(e)) });
+    if (done) cleanup();
+  });
+}
+
+function readTcpBanner(address: string, port: number, options: ProbeOptions): Promise<void> {
+  let connected = false;
+  const budget = seconds(options.attemptTimeoutMs);
+  const timeout = () => (connected ? `no RFB banner within ${budget}` : `TCP connect timed out after ${budget}`);
+  return step<void>(options, timeout, ({ resolve, reject }) => {
+    const socket: Socket = connect({ host: address, port });
+    let received = Buffer.alloc(0);
+    socket.setNoDelay(true);
+    socket.once('connect', () => (connected = true));
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
+    );
+    socket.on('close', () => reject(new NotReady(connected ? 'the VM closed the connection before the RFB banner' : 'TCP connect failed')));
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length < BANNER_BYTES) return;
+      const banner = received.subarray(0, BANNER_BYTES);
+      if (RFB_BANNER.test(banner.toString('latin1'))) resolve();
+      else reject(new NotReady(`not an RFB banner: got ${shown(banner)}`));
+    });
+    return () => socket.destroy();
+  });
+}
+
+const hostHeader = (target: ProbeTarget) => `${isIP(target.host) === 6 ? `[${target.host}]` : target.host}:${target.port}`;
+const urlHost = (address: string) => (isIP(address) === 6 ? `[${address}]` : address);
+
+/** GETs each ready path in turn; the first 2xx/3xx wins. Refusals stop at once: no path will answer. */
+async function getReadyPage(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+  const failures: string[] = [];
+  for (const p of options.readyPaths) {
+    const path = `/${p.replace(/^\/+/, '')}`;
+    const status = await step<number>(options, () => `no HTTP answer on ${path} within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
+      const req = request({ host: address, port: target.port, path, method: 'GET', headers: { host: hostHeader(target) }, agent: false });
+      req.on('response', (res: IncomingMessage) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', (error: NodeJS.ErrnoException) =>
+        reject(new NotReady(error.code === 'ECONNREFUSED' ? 'TCP connect refused' : `HTTP request failed on ${path} (${error.code ?? error.message})`)),
+      );
+      req.end();
+      return () => req.destroy();
+    });
+    if (status >= 200 && status < 400) return;
+    failures.push(`HTTP ${status} on ${path}`);
+  }
+  throw new NotReady(failures.join(', '));
+}
+
+/** Opens the target's WebSocket (subprotocol `binary`) and waits for the RFB banner as data. */
+function readWebSocketBanner(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+  const raw = target.path ?? '/';
+  const path = raw.startsWith('/') ? raw : `/${raw}`;
+  return step<void>(options, () => `no RFB banner over the WebSocket within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
+    // Dial the checked address, never the name again; the Host header keeps virtual hosting working.
+    const ws = new WebSocket(`ws://${urlHost(address)}:${target.port}${path}`, ['binary'], {
+      headers: { host: hostHeader(target) },
+      perMessageDeflate: false,
+      followRedirects: false,
+      handshakeTimeout: options.attemptTimeoutMs,
+      maxPayload: 64 * 1024,
+    });
+    let received = Buffer.alloc(0);
+    ws.on('unexpected-response', (req, res) => {
+      res.resume();
+      req.destroy();
+      reject(new NotReady(`WebSocket handshake refused (HTTP ${res.statusCode})`));
+    });
+    ws.on('error', (error: NodeJS.ErrnoException) =>
+      reject(new NotReady(error.code === 'ECONNREFUSED' ? 'TCP connect refused' : `WebSocket handshake failed (${error.code ?? error.message.split('\n')[0]})`)),
+    );
+    ws.on('close', (code) => reject(new NotReady(`the WebSocket closed before the RFB banner (code ${code})`)));
+    ws.on('message', (data, isBinary) => {
+      const chunk = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+      if (!isBinary) return reject(new NotReady('the WebSocket sent text instead of the RFB banner'));
+      received = Buffer.concat([received, chunk]);
+      if (received.length < BANNER_BYTES) return;
+      const banner = received.subarray(0, BANNER_BYTES);
+      if (RFB_BANNER.test(banner.toString('latin1'))) resolve();
+      else reject(new NotReady(`not an RFB banner over the WebSocket: got ${shown(banner)}`));
+    });
+    return () => ws.terminate();
+  });
+}

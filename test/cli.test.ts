@@ -1,0 +1,87 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli, startServeProcess } from './helpers/cli.js';
+
+const SECRET = 'cli-test-secret-that-is-at-least-32-bytes';
+let dataDir: string;
+let env: Record<string, string>;
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'cg-cli-'));
+  env = { DATA_DIR: dataDir, TICKET_SECRET: SECRET, PUBLIC_URL: 'https://consoles.example.com' };
+});
+afterAll(() => rm(dataDir, { recursive: true, force: true }));
+
+const json = (stdout: string) => JSON.parse(stdout) as Record<string, any>;
+const oneLine = (stderr: string) => stderr.trim().split('\n')[0]!;
+
+describe('console-gateway commands', () => {
+  it('creates a session, commits its target, mints a ticket and stops it', async () => {
+    const created = await runCli(['session', 'create', '--protocol', 'vnc', '--owner', 'tenant-42'], env);
+    expect(created.code).toBe(0);
+    const session = json(created.stdout);
+    expect(session).toMatchObject({ status: 'pending', protocol: 'vnc', ownerId: 'tenant-42', target: null });
+
+    const target = await runCli(['session', 'target', session.id, '--host', '10.0.0.5', '--port', '5900'], env);
+    expect(json(target.stdout)).toMatchObject({ status: 'provisioning', target: { host: '10.0.0.5', port: 5900, path: null } });
+
+    const ticket = await runCli(['ticket', session.id, '--ttl', '30', '--view-only'], env);
+    const minted = json(ticket.stdout);
+    expect(minted.consoleUrl).toBe(`https://consoles.example.com/console?ticket=${minted.ticket}`);
+    const payload = JSON.parse(Buffer.from(minted.ticket.split('.')[1], 'base64url').toString());
+    expect(payload).toMatchObject({ sub: session.id, view_only: true });
+    expect(payload.exp - payload.iat).toBe(30);
+
+    const stopped = await runCli(['session', 'stop', session.id], env);
+    expect(json(stopped.stdout)).toMatchObject({ status: 'stopped' });
+  });
+
+  it('manages the port pool atomically', async () => {
+    const { stdout } = await runCli(['session', 'create', '--protocol', 'vnc'], env);
+    const id = json(stdout).id;
+    const small = { ...env, VNC_WS_PORT_START: '7000', VNC_WS_PORT_END: '7001' };
+    expect(json((await runCli(['ports', 'allocate', id], small)).stdout)).toEqual({ sessionId: id, port: 7000 });
+    expect(json((await runCli(['ports', 'allocate', id], small)).stdout)).toEqual({ sessionId: id, port: 7000 });
+    expect(json((await runCli(['ports', 'status'], small)).stdout)).toEqual({ total: 2, allocated: 1, free: 1, utilizationPercent: 50, health: 'healthy' });
+    expect(json((await runCli(['ports', 'release', id], small)).stdout)).toEqual({ sessionId: id, released: true });
+  });
+
+  it('answers bad input with one clear line and a non-zero exit', async () => {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [['session', 'create', '--protocol', 'rdp'], env, /protocol must be "vnc" or "websockify"/],
+      [['session', 'create'], env, /--protocol vnc\|websockify is required/],
+      [['session', 'target', 'not-a-uuid', '--host', '10.0.0.1', '--port', '5900'], env, /session id must be a UUID/],
+      [['session', 'target', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--host', '127.0.0.1', '--port', '5900'], env, /outside TARGET_ALLOWED_CIDRS/],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], env, /unknown console session/],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], { DATA_DIR: dataDir }, /TICKET_SECRET/],
+      [['session', 'create', '--protocol', 'vnc', '--bogus'], env, /Unknown option '--bogus'/],
+      [['frobnicate'], env, /unknown command: frobnicate/],
+      [['serve'], { ...env, PORT: 'x', TICKET_SECRET: 'short' }, /PORT must be an integer.*TICKET_SECRET must be at least 32 bytes/],
+      [['session', 'create', '--protocol', 'vnc'], { ...env, DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/none' }, /database unreachable: connection refused/],
+    ];
+    for (const [args, caseEnv, message] of cases) {
+      const result = await runCli(args, caseEnv);
+      expect({ args, code: result.code }).toEqual({ args, code: expect.any(Number) });
+      expect(result.code).not.toBe(0);
+      expect(oneLine(result.stderr)).toMatch(message);
+      expect(result.stderr).not.toMatch(/\n\s+at /); // no stack traces
+      expect(result.stderr).not.toContain(SECRET);
+    }
+  });
+
+  it('refuses to open an embedded database another process is using', async () => {
+    const serveDir = await mkdtemp(join(tmpdir(), 'cg-cli-serve-'));
+    const server = await startServeProcess({ DATA_DIR: serveDir, TICKET_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1' });
+    try {
+      const result = await runCli(['session', 'create', '--protocol', 'vnc'], { ...env, DATA_DIR: serveDir });
+      expect(result.code).toBe(1);
+      expect(oneLine(result.stderr)).toMatch(new RegExp(`in use by process ${server.child.pid}`));
+    } finally {
+      server.child.kill('SIGTERM');
+      await new Promise((r) => server.child.once('exit', r));
+      await rm(serveDir, { recursive: true, force: true });
+    }
+  });
+});

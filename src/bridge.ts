@@ -4,7 +4,8 @@
 // `highWaterMark` bytes (plus one read) wait for the browser, at most one message for the VM.
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { CATALOGUE, closeReason } from './errors.js';
+import { CATALOGUE, closeReason, toGatewayError } from './errors.js';
+import type { ViewOnlyFilter } from './view-only.js';
 
 export interface BridgeCounters {
   /** Called with each chunk's size: down = VM → browser, up = browser → VM. */
@@ -33,6 +34,7 @@ export function bridge(
   highWaterMark: number,
   counters: BridgeCounters,
   state: BridgeState,
+  viewOnly?: ViewOnlyFilter,
 ): Promise<BridgeEnd> {
   return new Promise((resolve) => {
     let ended: BridgeEnd | undefined;
@@ -66,7 +68,19 @@ export function bridge(
     ws.on('message', function wsOnMessage(data: Buffer) {
       state.lastActivity = Date.now();
       counters.up(data.length);
-      if (!tcp.write(data)) ws.pause();
+      let bytes = data;
+      if (viewOnly !== undefined) {
+        try {
+          bytes = viewOnly.filter(data);
+        } catch (error) {
+          const failure = toGatewayError(error);
+          ws.close(failure.closeCode, closeReason(failure.message));
+          tcp.destroy();
+          return;
+        }
+        if (bytes.length === 0) return;
+      }
+      if (!tcp.write(bytes)) ws.pause();
     });
     ws.on('close', function wsOnClose() {
       ended ??= 'browser';

@@ -18,6 +18,7 @@ import type { Metrics } from './metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
+import { ViewOnlyFilter } from './view-only.js';
 import { waitForSession } from './wait.js';
 
 export interface UpgradeDeps {
@@ -97,12 +98,18 @@ async function serveConsole(deps: UpgradeDeps, counters: BridgeCounters, req: In
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
     socket.off('close', browserGone);
     if (session.protocol === 'websockify') {
+      // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
+      if (claims.viewOnly) {
+        vm.destroy();
+        throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
+      }
       const hostHeader = `${session.target_host}:${session.target_port}`;
       const path = session.target_path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
       await pipeRaw(deps, log, session.id, socket, vm);
     } else {
-      await pipeVnc(deps, log, counters, session.id, accept(deps.wss, req, socket, head), socket, vm);
+      const ws = accept(deps.wss, req, socket, head);
+      await pipeVnc(deps, log, counters, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
     }
   } catch (error) {
     refuse(error);
@@ -146,7 +153,16 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   return accepted;
 }
 
-async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters, sessionId: string, ws: WebSocket, browser: Socket, vm: Socket): Promise<void> {
+async function pipeVnc(
+  deps: UpgradeDeps,
+  log: Logger,
+  counters: BridgeCounters,
+  sessionId: string,
+  ws: WebSocket,
+  browser: Socket,
+  vm: Socket,
+  viewOnly: ViewOnlyFilter | undefined,
+): Promise<void> {
   let alive = true;
   ws.on('pong', () => (alive = true));
   let closedBy: string | undefined;
@@ -168,7 +184,7 @@ async function pipeVnc(deps: UpgradeDeps, log: Logger, counters: BridgeCounters,
       return true;
     },
   };
-  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, counters, live).then((end) => closedBy ?? end));
+  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, counters, live, viewOnly).then((end) => closedBy ?? end));
 }
 
 async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {

@@ -8,6 +8,8 @@ import { purgeConsumedTickets } from './db/tickets.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { startGateway, type Gateway } from './server.js';
 import { Tickets, readJwksFile } from './ticket.js';
+import { startGate } from './gate.js';
+import { createTeardown, runtimeHookFromConfig } from './runtime-hook.js';
 
 /** Opens the database (migrating it unless MIGRATE_ON_START=false) for a command. */
 export async function openDatabase(config: Config, log: Logger, listen = false): Promise<Store> {
@@ -47,13 +49,29 @@ export interface Running {
 
 const PURGE_INTERVAL_MS = 5 * 60_000;
 
+/** `gate`: the readiness gate alone (the sidecar form). */
+export async function startGateOnly(config: Config, log: Logger): Promise<{ stop(): Promise<void> }> {
+  const store = await openDatabase(config, log, true);
+  const hook = runtimeHookFromConfig(config, log);
+  const gate = startGate({ db: store.db, events: store.events, log, metrics: createMetrics(), config, ...(hook ? { hook } : {}) });
+  return {
+    async stop() {
+      await gate.stop();
+      await store.close();
+    },
+  };
+}
+
 /** `serve`: the gateway plus its in-process workers. */
 export async function startServe(config: Config, log: Logger): Promise<Running> {
   const store = await openDatabase(config, log, true);
   try {
     const tickets = await createTickets(config, store);
     const metrics = createMetrics();
-    const gateway = await startGateway({ config, store, tickets, metrics, log });
+    const hook = runtimeHookFromConfig(config, log);
+    const teardown = hook === undefined ? undefined : createTeardown(hook, log);
+    const gateway = await startGateway({ config, store, tickets, metrics, log, ...(teardown ? { teardown } : {}) });
+    const gate = config.gateEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
     const purge = setInterval(() => {
       purgeConsumedTickets(store.db).catch((error) => log.warn({ err: error }, 'purging consumed tickets failed'));
     }, PURGE_INTERVAL_MS);
@@ -67,6 +85,7 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
       stop: () =>
         (stopping ??= (async () => {
           clearInterval(purge);
+          await gate?.stop();
           await gateway.close();
           await store.close();
         })()),

@@ -5,7 +5,9 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger } from './log.js';
-import { createTickets, openDatabase, startServe } from './app.js';
+import { createTickets, openDatabase, startGateOnly, startServe } from './app.js';
+import { diagnose } from './diagnose.js';
+import { createTeardown, runtimeHookFromConfig } from './runtime-hook.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore } from './db/open.js';
 import { allocatePort, poolStats, releasePort } from './db/ports.js';
@@ -14,12 +16,14 @@ import { commitTargetOp, createSessionOp, mintTicketOp, requireId, stopSessionOp
 import { runDemo } from './demo.js';
 
 const USAGE = `usage: console-gateway <command>
-  serve                               HTTP + WebSocket gateway
+  serve                               HTTP + WebSocket gateway (with the readiness gate)
+  gate                                the readiness gate alone (sidecar)
   migrate                             bring the database schema to the latest version
   session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]]
   session target ID --host H --port P [--path P]
   session stop ID
   ticket ID [--ttl SECONDS] [--view-only]
+  diagnose ID                         admin diagnostics; exit 0 when healthy
   ports status|allocate ID|release ID
   demo                                serve + a demo VNC server + a ready session`;
 
@@ -44,7 +48,9 @@ async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promis
   const log = createLogger('silent');
   const store = await openDatabase(config, log);
   try {
-    return await run({ config, db: store.db, tickets: await createTickets(config, store) });
+    const hook = runtimeHookFromConfig(config, log);
+    const teardown = hook === undefined ? undefined : createTeardown(hook, createLogger(config.logLevel, process.stderr));
+    return await run({ config, db: store.db, tickets: await createTickets(config, store), ...(teardown ? { teardown } : {}) });
   } finally {
     await store.close();
   }
@@ -79,6 +85,28 @@ async function main(argv: string[]): Promise<number> {
       await untilSignal();
       await running.stop();
       return 0;
+    }
+    case 'gate': {
+      const config = loadConfig();
+      const gate = await startGateOnly(config, createLogger(config.logLevel));
+      await untilSignal();
+      await gate.stop();
+      return 0;
+    }
+    case 'diagnose': {
+      const config = loadConfig();
+      const id = parse([sub ?? '', ...rest].filter((a) => a !== '')).positionals;
+      if (id.length !== 1) throw new UsageError('diagnose takes one session ID');
+      const log = createLogger('silent');
+      const store = await openDatabase(config, log);
+      try {
+        const hook = runtimeHookFromConfig(config, log);
+        const { healthy, report } = await diagnose({ db: store.db, config, ...(hook ? { hook } : {}) }, id[0]!);
+        print(report);
+        return healthy ? 0 : 1;
+      } finally {
+        await store.close();
+      }
     }
     case 'demo': {
       await runDemo(process.env, (url) => process.stdout.write(`\nOpen the console: ${url}\n`), waitForEnter, untilSignal);

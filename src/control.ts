@@ -2,7 +2,8 @@
 // checks and the database calls, so both surfaces answer the same inputs the same way.
 import type { Kysely } from 'kysely';
 import type { Config } from './config.js';
-import type { Database, Protocol } from './db/schema.js';
+import { portOf } from './db/ports.js';
+import type { Database, Protocol, SessionRow } from './db/schema.js';
 import { commitTarget, createSession, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from './db/sessions.js';
 import { GatewayError } from './errors.js';
 import { resolveTarget, validateTargetShape, type Resolver } from './target.js';
@@ -12,8 +13,8 @@ export interface ControlDeps {
   config: Config;
   db: Kysely<Database>;
   tickets: Tickets;
-  /** Best-effort runtime teardown after a stop (the runtime hook); errors are the caller's to log. */
-  teardown?: (sessionId: string) => Promise<void>;
+  /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
+  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
   resolver?: Resolver;
 }
 
@@ -74,8 +75,10 @@ export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unk
 
 /** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */
 export async function stopSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
-  const row = await stopSession(deps.db, requireId(id));
-  await deps.teardown?.(row.id);
+  const sessionId = requireId(id);
+  const port = await portOf(deps.db, sessionId);
+  const row = await stopSession(deps.db, sessionId);
+  await deps.teardown?.(row, port);
   return viewOf(row);
 }
 

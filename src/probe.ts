@@ -10,7 +10,8 @@ import type { Protocol } from './db/schema.js';
 import { GatewayError } from './errors.js';
 import { resolveTarget, type CidrList, type Resolver } from './target.js';
 
-export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number };
+/** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
+export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };
 
 export interface ProbeTarget {
   host: string;
@@ -48,7 +49,8 @@ export async function probeSession(target: ProbeTarget, protocol: Protocol, opti
     }
     return { ok: true, elapsedMs: elapsed() };
   } catch (error) {
-    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed() };
+    const forbidden = error instanceof GatewayError && error.code === 'TARGET_FORBIDDEN';
+    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed(), ...(forbidden ? { forbidden: true as const } : {}) };
   }
 }
 

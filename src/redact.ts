@@ -53,12 +53,13 @@ export function truncate(text: string, max: number, keep: 'head' | 'tail' = 'hea
     : `${text.slice(0, max)}\n[… ${dropped} characters truncated]`;
 }
 
-/** Redacts and truncates every string inside a JSON-like value (depth and size bounded). */
-export function redactValue(value: unknown, secrets: readonly (string | null | undefined)[], maxString: number, depth = 0): unknown {
-  if (typeof value === 'string') return truncate(redactText(value, secrets), maxString);
-  if (depth > 6 || value === null || typeof value !== 'object') return typeof value === 'object' ? null : value;
-  if (Array.isArray(value)) return value.slice(0, 100).map((v) => redactValue(v, secrets, maxString, depth + 1));
+/** Applies `scrub` and truncates every string inside a JSON-like value (depth and size bounded). */
+export function redactValue(value: unknown, scrub: (text: string) => string, maxString: number, depth = 0): unknown {
+  if (typeof value === 'string') return truncate(scrub(value), maxString);
+  if (value === null || typeof value !== 'object') return value;
+  if (depth > 6) return '[… nested too deep]';
+  if (Array.isArray(value)) return value.slice(0, 100).map((v) => redactValue(v, scrub, maxString, depth + 1));
   const out: Record<string, unknown> = {};
-  for (const [key, v] of Object.entries(value).slice(0, 100)) out[key] = redactValue(v, secrets, maxString, depth + 1);
+  for (const [key, v] of Object.entries(value).slice(0, 100)) out[key] = redactValue(v, scrub, maxString, depth + 1);
   return out;
 }

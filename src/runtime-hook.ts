@@ -5,6 +5,9 @@
 // `{"ok", "output"?, "resources"?}` as JSON on stdout. See examples/hooks/README.md.
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import type { SessionRow } from './db/schema.js';
+import { targetOf } from './db/sessions.js';
 import { redactOwnerIn, redactText, redactValue, truncate } from './redact.js';
 
 export type HookAction = 'diagnostics' | 'teardown' | 'list';
@@ -39,6 +42,18 @@ export interface HookOptions {
   secrets?: readonly (string | undefined)[];
   /** Time between SIGTERM and SIGKILL once the timeout has passed. */
   killGraceMs?: number;
+}
+
+/** The configured values no hook output, diagnostic or report may show. */
+export function secretsOf(config: Pick<Config, 'ticketSecret' | 'controlToken' | 'databaseUrl'>): string[] {
+  const secrets = [config.controlToken, config.databaseUrl];
+  if (config.ticketSecret !== undefined) secrets.push(new TextDecoder().decode(config.ticketSecret));
+  return secrets.filter((s): s is string => s !== undefined);
+}
+
+/** The hook of RUNTIME_HOOK_COMMAND, redacting the configured secrets; undefined when unset. */
+export function runtimeHookFromConfig(config: Config, log: Logger): RuntimeHook | undefined {
+  return createRuntimeHook(config.runtimeHookCommand, config.runtimeHookTimeoutSeconds * 1000, log, { secrets: secretsOf(config) });
 }
 
 /** Bytes read from each of stdout and stderr; anything beyond is discarded, not buffered. */
@@ -131,20 +146,22 @@ function interpret(raw: RawRun, scrub: (text: string) => string, timeoutMs: numb
     return failed(`the runtime hook ${what}`, truncate(scrub(raw.stdout), KEEP_CHARS, 'tail'));
   }
   const output = typeof answer.output === 'string' ? truncate(scrub(answer.output), KEEP_CHARS, 'tail') : '';
-  const resources = Array.isArray(answer.resources)
-    ? (redactValue(answer.resources.slice(0, 1000), [], KEEP_CHARS) as unknown[]).map((r) => scrubDeep(r, scrub))
-    : [];
+  const resources = Array.isArray(answer.resources) ? answer.resources.slice(0, 1000).map((r) => redactValue(r, scrub, KEEP_CHARS)) : [];
   const ok = answer.ok === true && raw.exitCode === 0;
   const result: HookResult = { ok, output, resources, ...(stderr ? { stderr } : {}), elapsedMs: 0 };
   if (!ok) result.error = answer.ok === true ? `the runtime hook exited with status ${raw.exitCode}` : 'the runtime hook reported failure';
   return result;
 }
 
-function scrubDeep(value: unknown, scrub: (text: string) => string): unknown {
-  if (typeof value === 'string') return scrub(value);
-  if (Array.isArray(value)) return value.map((v) => scrubDeep(v, scrub));
-  if (value !== null && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, scrubDeep(v, scrub)]));
-  }
-  return value;
+/**
+ * The best-effort teardown a stop runs after the session is marked stopped: never throws, logs
+ * the outcome. The port is the one the session held before the stop released it.
+ */
+export function createTeardown(hook: RuntimeHook, log: Logger) {
+  return async (row: SessionRow, port: number | undefined): Promise<void> => {
+    const session: HookSession = { sessionId: row.id, ownerId: row.owner_id, protocol: row.protocol, target: targetOf(row), port: port ?? null };
+    const result = await hook.run('teardown', session).catch((error: Error) => ({ ok: false, error: error.message, elapsedMs: 0 }));
+    if (result.ok) log.info({ sessionId: row.id, elapsedMs: result.elapsedMs }, 'teardown after stop completed');
+    else log.warn({ sessionId: row.id, error: result.error, elapsedMs: result.elapsedMs }, 'teardown after stop failed');
+  };
 }

@@ -8,6 +8,7 @@ import type { Config } from './config.js';
 import { Consoles } from './consoles.js';
 import { handleApi, sendJson } from './control-api.js';
 import type { Store } from './db/open.js';
+import type { SessionRow } from './db/schema.js';
 import { GatewayError, toGatewayError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
@@ -21,7 +22,7 @@ export interface GatewayOptions {
   tickets: Tickets;
   metrics: Metrics;
   log: Logger;
-  teardown?: (sessionId: string) => Promise<void>;
+  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
 }
 
 export interface Gateway {

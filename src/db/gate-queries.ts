@@ -2,11 +2,8 @@
 // several gate processes never probe one session at once, and transitions conditioned on the lease
 // and on status = 'provisioning' so that a session is moved on exactly once.
 //
-// The deadline is fixed when a session is first claimed after its target was committed (probe_owner
-// is null then: commitTarget and markReady clear it) as updated_at + the timeout, and kept in the
-// row's diagnostics as `{"probe": {"deadline", "target"}}`. updated_at itself cannot carry it: the
-// touch trigger moves it on every write, lease renewals included, so a restarted gate would
-// otherwise extend the deadline forever.
+// The deadline is the row's provisioning_since (set by the trigger when the target is committed)
+// plus the timeout, so a restarted gate or another gate taking over never extends it.
 import { sql, type Kysely } from 'kysely';
 import type { Database, SessionRow } from './schema.js';
 
@@ -30,11 +27,6 @@ const ms = (n: number) => sql<Date>`now() + ${Math.round(n)} * interval '1 milli
 export const targetKey = (row: Pick<SessionRow, 'target_host' | 'target_port' | 'target_path'>): string =>
   `${row.target_host}:${row.target_port}${row.target_path ?? ''}`;
 
-function storedProbe(row: SessionRow): ProbeState | undefined {
-  const probe = (row.diagnostics as { probe?: ProbeState } | null)?.probe;
-  return typeof probe?.deadline === 'string' && !Number.isNaN(Date.parse(probe.deadline)) ? probe : undefined;
-}
-
 /**
  * Claims up to `limit` provisioning sessions whose lease is free or expired, for `owner`, with a
  * lease of `leaseMs`. Rows locked by another claimer are skipped, not waited for.
@@ -52,18 +44,11 @@ export async function claimProvisioning(db: Kysely<Database>, owner: string, lea
     const claims: Claim[] = [];
     for (const found of rows) {
       const { db_now: dbNowRaw, ...row } = found;
-      const key = targetKey(row);
-      const stored = storedProbe(row);
-      // A previous owner's deadline holds if it was for this same target; otherwise the target was
-      // committed since (by plain SQL, which does not clear probe_owner), so the clock starts now-ish.
-      const deadline =
-        row.probe_owner !== null && stored !== undefined && stored.target === key
-          ? new Date(stored.deadline)
-          : new Date(new Date(row.updated_at).getTime() + timeoutMs);
-      const state: ProbeState = { ...(row.probe_owner !== null && stored?.target === key ? stored : {}), deadline: deadline.toISOString(), target: key };
+      const since = row.provisioning_since ?? row.updated_at;
+      const deadline = new Date(new Date(since).getTime() + timeoutMs);
       const updated = await tx
         .updateTable('console_sessions')
-        .set({ probe_owner: owner, probe_lease_until: ms(leaseMs), diagnostics: JSON.stringify({ probe: state }) })
+        .set({ probe_owner: owner, probe_lease_until: ms(leaseMs) })
         .where('id', '=', row.id)
         .returningAll()
         .executeTakeFirstOrThrow();

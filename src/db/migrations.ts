@@ -77,6 +77,37 @@ const migrations: Record<string, Migration> = {
         for each row execute function console_sessions_notify()`.execute(db);
     },
   },
+  // The readiness deadline counts from when the session became provisioning (or its target
+  // changed). updated_at cannot carry it: every write moves it, lease renewals included.
+  '2026-11-23-02-provisioning-since': {
+    async up(db: Kysely<any>) {
+      await sql`alter table console_sessions add column provisioning_since timestamptz`.execute(db);
+      await sql`update console_sessions set provisioning_since = updated_at where status = 'provisioning'`.execute(db);
+      await sql`
+        create or replace function console_sessions_touch() returns trigger language plpgsql as $$
+        begin
+          new.updated_at := now();
+          if new.target_host is not null and new.status = 'pending' then
+            new.status := 'provisioning';
+          end if;
+          if new.status = 'provisioning' and (
+               tg_op = 'INSERT'
+               or old.status is distinct from 'provisioning'
+               or new.target_host is distinct from old.target_host
+               or new.target_port is distinct from old.target_port
+               or new.target_path is distinct from old.target_path) then
+            new.provisioning_since := now();
+          end if;
+          if new.status = 'ready' and new.ready_at is null then
+            new.ready_at := now();
+          end if;
+          if new.status in ('stopped', 'failed') and new.finished_at is null then
+            new.finished_at := now();
+          end if;
+          return new;
+        end $$`.execute(db);
+    },
+  },
 };
 
 /** Brings the schema to the latest version; throws with the failing migration's name. */

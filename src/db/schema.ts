@@ -24,6 +24,8 @@ export interface ConsoleSessionsTable {
   finished_at: Timestamp | null;
   probe_owner: string | null;
   probe_lease_until: Timestamp | null;
+  /** Set by the trigger when the session becomes provisioning or its target changes. */
+  provisioning_since: ColumnType<Date | null, never, never>;
 }
 
 export interface ConsumedTicketsTable {

@@ -65,6 +65,9 @@ export function proxyUpgrade(
         (res as unknown as { upgrade: boolean }).upgrade = true;
         res.destroy();
         fail(new GatewayError('DIAL_FAILED', `the VM's websockify refused the WebSocket (HTTP ${res.statusCode})`));
+        // Nothing follows a refusal: end the browser's side after the close frame. Without this
+        // the close handshake stalled here until the socket was destroyed (the test catches it).
+        socket.end();
       });
       proxyReq.on('upgrade', (_res: IncomingMessage, proxySocket: Socket) => {
         if (settled) return;

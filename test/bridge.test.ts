@@ -55,7 +55,11 @@ describe('the byte pump', () => {
     while (Date.now() < deadline && offered < 256 * 1024 * 1024) {
       block.writeUInt32BE(offered / block.length, 0);
       offered += block.length;
-      if (!vm.write(Buffer.from(block))) await Promise.race([new Promise((r) => vm.once('drain', r)), sleep(200)]);
+      if (!vm.write(Buffer.from(block))) {
+        let drained = () => {};
+        await Promise.race([new Promise<void>((r) => vm.once('drain', (drained = r))), sleep(200)]);
+        vm.off('drain', drained);
+      }
     }
     await sleep(500);
     const pulled = (await counter('down')) - before;

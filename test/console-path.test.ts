@@ -252,7 +252,7 @@ describe('the HTTP surface', () => {
       ['POST', '/api/v1/sessions', '{not json', 400, /not valid JSON/],
       ['POST', '/api/v1/sessions', { protocol: 'vnc', id: 'nope' }, 400, /UUID/],
       ['POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '8.8.8.8', port: 5900 } }, 403, /outside TARGET_ALLOWED_CIDRS/],
-      ['POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '2130706433', port: 5900 } }, 403, /127\.0\.0\.1 is outside/],
+      ['POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '2130706434', port: 5900 } }, 403, /127\.0\.0\.2 is outside/],
       ['POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port: 0 } }, 400, /port/],
       ['GET', `/api/v1/sessions/${randomUUID()}`, undefined, 404, /unknown console session/],
       ['GET', '/api/v1/sessions/not-a-uuid', undefined, 400, /UUID/],

@@ -5,13 +5,8 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { CATALOGUE, closeReason, toGatewayError } from './errors.js';
+import type { Traffic } from './metrics.js';
 import type { ViewOnlyFilter } from './view-only.js';
-
-export interface BridgeCounters {
-  /** Called with each chunk's size: down = VM → browser, up = browser → VM. */
-  down(bytes: number): void;
-  up(bytes: number): void;
-}
 
 export interface BridgeState {
   lastActivity: number;
@@ -32,7 +27,7 @@ export function bridge(
   browser: Socket,
   tcp: Socket,
   highWaterMark: number,
-  counters: BridgeCounters,
+  traffic: Traffic,
   state: BridgeState,
   viewOnly?: ViewOnlyFilter,
 ): Promise<BridgeEnd> {
@@ -44,7 +39,7 @@ export function bridge(
     const resumeTcp = () => tcp.resume();
     tcp.on('data', function tcpOnData(chunk: Buffer) {
       state.lastActivity = Date.now();
-      counters.down(chunk.length);
+      traffic.down += chunk.length;
       // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
       const over = ws.bufferedAmount + chunk.length > highWaterMark;
       ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
@@ -67,7 +62,7 @@ export function bridge(
 
     ws.on('message', function wsOnMessage(data: Buffer) {
       state.lastActivity = Date.now();
-      counters.up(data.length);
+      traffic.up += data.length;
       let bytes = data;
       if (viewOnly !== undefined) {
         try {

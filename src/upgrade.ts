@@ -12,7 +12,7 @@ import type { Config } from './config.js';
 import type { Store } from './db/open.js';
 import type { SessionRow } from './db/schema.js';
 import { CATALOGUE, GatewayError, closeReason, toGatewayError } from './errors.js';
-import { bridge, type BridgeCounters } from './bridge.js';
+import { bridge } from './bridge.js';
 import type { Consoles, LiveConsole } from './consoles.js';
 import type { Metrics } from './metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
@@ -38,23 +38,17 @@ const HIGH_WATER_MARK = 256 * 1024;
 
 /** The 'upgrade' listener for the HTTP server. */
 export function createUpgradeHandler(deps: UpgradeDeps) {
-  const counters: BridgeCounters = {
-    down: (n) => down.inc(n),
-    up: (n) => up.inc(n),
-  };
-  const down = deps.metrics.bytes.labels('down');
-  const up = deps.metrics.bytes.labels('up');
   return function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     // Before anything async: an unhandled 'error' on this socket would crash the process.
     socket.on('error', socketOnError);
     if (pathOf(req) !== '/websockify') return writeHttpError(socket, 404, 'Not Found');
     const malformed = handshakeProblem(req);
     if (malformed !== undefined) return writeHttpError(socket, 400, malformed);
-    void serveConsole(deps, counters, req, socket as Socket, head);
+    void serveConsole(deps, req, socket as Socket, head);
   };
 }
 
-async function serveConsole(deps: UpgradeDeps, counters: BridgeCounters, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const { config, store, tickets, consoles, metrics } = deps;
   let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
   const waiting = new AbortController();
@@ -109,7 +103,7 @@ async function serveConsole(deps: UpgradeDeps, counters: BridgeCounters, req: In
       await pipeRaw(deps, log, session.id, socket, vm);
     } else {
       const ws = accept(deps.wss, req, socket, head);
-      await pipeVnc(deps, log, counters, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
+      await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
     }
   } catch (error) {
     refuse(error);
@@ -156,7 +150,6 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
 async function pipeVnc(
   deps: UpgradeDeps,
   log: Logger,
-  counters: BridgeCounters,
   sessionId: string,
   ws: WebSocket,
   browser: Socket,
@@ -184,7 +177,7 @@ async function pipeVnc(
       return true;
     },
   };
-  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, counters, live, viewOnly).then((end) => closedBy ?? end));
+  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly).then((end) => closedBy ?? end));
 }
 
 async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {
@@ -201,10 +194,9 @@ async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket
       vm.destroy();
     },
   };
-  const down = deps.metrics.bytes.labels('down');
-  const up = deps.metrics.bytes.labels('up');
-  vm.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), down.inc(chunk.length)));
-  socket.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), up.inc(chunk.length)));
+  const traffic = deps.metrics.traffic;
+  vm.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), (traffic.down += chunk.length)));
+  socket.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), (traffic.up += chunk.length)));
   await track(deps, log, live, () => new Promise<string>((resolve) => socket.once('close', () => resolve(closedBy ?? 'closed'))));
 }
 

@@ -2,7 +2,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, startServeProcess } from './helpers/cli.js';
+import { spawn } from 'node:child_process';
+import { CLI, runCli, startServeProcess } from './helpers/cli.js';
+import { openConsole } from './helpers/gateway.js';
 
 const SECRET = 'cli-test-secret-that-is-at-least-32-bytes';
 let dataDir: string;
@@ -68,6 +70,33 @@ describe('console-gateway commands', () => {
       expect(oneLine(result.stderr)).toMatch(message);
       expect(result.stderr).not.toMatch(/\n\s+at /); // no stack traces
       expect(result.stderr).not.toContain(SECRET);
+    }
+  });
+
+  it('demo prints a console URL whose ticket opens the demo VNC server through the gateway', async () => {
+    const demoDir = await mkdtemp(join(tmpdir(), 'cg-demo-'));
+    const child = spawn(process.execPath, [CLI, 'demo'], { env: { PATH: process.env.PATH ?? '', DATA_DIR: demoDir, PORT: '0', HOST: '127.0.0.1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let output = '';
+      child.stdout.on('data', (d) => (output += d));
+      child.stderr.on('data', (d) => (output += d));
+      await expect.poll(() => /Open the console: (\S+)/.exec(output)?.[1], { timeout: 30_000 }).toBeDefined();
+      const consoleUrl = new URL(/Open the console: (\S+)/.exec(output)![1]!);
+      expect(consoleUrl.pathname).toBe('/console');
+      const page = await fetch(consoleUrl);
+      expect(page.status).toBe(200);
+      const wsUrl = `ws://${consoleUrl.host}/websockify?ticket=${consoleUrl.searchParams.get('ticket')}`;
+      const outcome = await openConsole(wsUrl, { untilMessages: 1 });
+      expect(outcome.messages[0]?.toString()).toBe('RFB 003.008\n');
+      // The session went through the readiness gate (enabled by default) before the URL was printed.
+      expect(output).toMatch(/readiness probe succeeded/);
+      // The link is printed for the person who ran the demo; no log line carries the ticket.
+      const signature = consoleUrl.searchParams.get('ticket')!.split('.')[2]!;
+      for (const line of output.split('\n').filter((l) => l.startsWith('{'))) expect(line).not.toContain(signature);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      await rm(demoDir, { recursive: true, force: true });
     }
   });
 

@@ -348,8 +348,11 @@ describe('several gates against one database', () => {
     for (const id of ready) await untilStatus(a, id, 'ready', 5_000);
     for (const id of failing) await untilStatus(a, id, 'failed', 8_000);
     await expect.poll(async () => (await hookCalls(a)).length + (a === b ? 0 : (await hookCalls(b)).length), { timeout: 5_000 }).toBe(8);
+    // The record is written when a hook starts; its outcome is logged once it has exited.
+    const allLogs = () => (a === b ? a.logs() : [...a.logs(), ...b.logs()]);
+    await expect.poll(() => allLogs().filter((l) => l.msg === 'best-effort teardown completed').length, { timeout: 5_000 }).toBe(4);
 
-    const logs = a === b ? a.logs() : [...a.logs(), ...b.logs()];
+    const logs = allLogs();
     for (const id of ready) expect(logs.filter((l) => l.sessionId === id && l.msg.startsWith('readiness probe succeeded'))).toHaveLength(1);
     for (const id of [...ready, ...failing]) {
       // One prober per session: every attempt and the decision come from the same gate.

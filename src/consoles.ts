@@ -26,7 +26,8 @@ export class Consoles {
   readonly waiting = new Set<AbortController>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly onChange = (id: string, status: string) => {
-    if (status === 'stopped' || status === 'failed') this.closeSession(id, 'the console session was ' + status);
+    if (status === 'stopped') this.closeSession(id, 'the console session was stopped');
+    else if (status === 'failed') this.closeSession(id, 'the console session failed');
   };
 
   constructor(

@@ -44,7 +44,11 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     if (pathOf(req) !== '/websockify') return writeHttpError(socket, 404, 'Not Found');
     const malformed = handshakeProblem(req);
     if (malformed !== undefined) return writeHttpError(socket, 400, malformed);
-    void serveConsole(deps, req, socket as Socket, head);
+    serveConsole(deps, req, socket as Socket, head).catch((error: unknown) => {
+      // serveConsole handles its own failures; this only keeps a bug from becoming a crash.
+      deps.log.error({ err: error }, 'console handling failed unexpectedly');
+      socket.destroy();
+    });
   };
 }
 
@@ -54,10 +58,11 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
-  let refused = false;
+  // Once the handshake is answered (a refusal, or the console itself) nothing more may be written.
+  let answered = false;
   const refuse = (error: unknown) => {
-    if (refused) return;
-    refused = true;
+    if (answered) return;
+    answered = true;
     refuseUpgrade(deps, log, req, socket, head, error);
   };
   try {
@@ -70,18 +75,20 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
     const claims = await tickets.verify(token);
     log = log.child({ sessionId: claims.sessionId });
-    await tickets.consume(claims);
+    await databaseStep(tickets.consume(claims));
 
     consoles.waiting.add(waiting);
     metrics.consolesWaiting.inc();
     const waitStarted = performance.now();
     let session: SessionRow;
     try {
-      session = await waitForSession(store.db, store.events, claims.sessionId, {
-        budgetMs: config.targetWaitTimeoutSeconds * 1000,
-        gatingEnabled: config.readyGatingEnabled,
-        signal: waiting.signal,
-      });
+      session = await databaseStep(
+        waitForSession(store.db, store.events, claims.sessionId, {
+          budgetMs: config.targetWaitTimeoutSeconds * 1000,
+          gatingEnabled: config.readyGatingEnabled,
+          signal: waiting.signal,
+        }),
+      );
     } finally {
       consoles.waiting.delete(waiting);
       metrics.consolesWaiting.dec();
@@ -100,9 +107,11 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       const hostHeader = `${session.target_host}:${session.target_port}`;
       const path = session.target_path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+      answered = true;
       await pipeRaw(deps, log, session.id, socket, vm);
     } else {
       const ws = accept(deps.wss, req, socket, head);
+      answered = true;
       await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
     }
   } catch (error) {
@@ -113,6 +122,16 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
 }
 
 class BrowserGone extends Error {}
+
+/** A database call on the upgrade path: its own failures pass, anything else means the database. */
+async function databaseStep<T>(step: Promise<T>): Promise<T> {
+  try {
+    return await step;
+  } catch (error) {
+    if (error instanceof GatewayError || error instanceof BrowserGone) throw error;
+    throw new GatewayError('DATABASE_UNAVAILABLE', 'the console database is unreachable; try again shortly', { cause: error });
+  }
+}
 
 /** The one place a refused upgrade becomes a close code, a log line and a metric. */
 function refuseUpgrade(deps: UpgradeDeps, log: Logger, req: IncomingMessage, socket: Socket, head: Buffer, error: unknown): void {

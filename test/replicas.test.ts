@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
 import { startServeProcess } from './helpers/cli.js';
-import { CONTROL_TOKEN, SECRET, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { CONTROL_TOKEN, TEST_ENV, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 let database: TestDatabase;
@@ -18,16 +18,7 @@ beforeAll(async () => {
   database = await createTestDatabase();
   vnc = await startDemoVncServer();
   a = await startTestGateway({}, database.url);
-  b = await startServeProcess({
-    DATABASE_URL: database.url,
-    PORT: '0',
-    HOST: '127.0.0.1',
-    TICKET_SECRET: SECRET,
-    CONTROL_TOKEN,
-    TARGET_ALLOWED_CIDRS: '127.0.0.1/32',
-    NOVNC_READY_GATING_ENABLED: 'false',
-    DRAIN_TIMEOUT_SECONDS: '1',
-  });
+  b = await startServeProcess({ ...TEST_ENV, DATABASE_URL: database.url });
 });
 afterAll(async () => {
   b?.child.kill('SIGTERM');
@@ -80,12 +71,18 @@ describe('replicas sharing one PostgreSQL', () => {
     }
   });
 
-  it('answers 503 on /readyz while the database is unreachable', async () => {
+  it('answers 503 on /readyz and closes consoles with 1011 and a reason while the database is unreachable', async () => {
     expect((await fetch(`${a.url}/readyz`)).status).toBe(200);
     const isolated = await createTestDatabase();
     const c = await startTestGateway({}, isolated.url);
     try {
+      const id = (await c.api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port: vnc.port } })).body.id;
       await isolated.drop();
+      expect(await openConsole(`${c.wsUrl}?ticket=${await c.mint(id)}`)).toMatchObject({
+        code: 1011,
+        reason: 'the console database is unreachable; try again shortly',
+      });
+      expect((await c.api('GET', `/api/v1/sessions/${id}`)).status).toBe(500);
       const res = await fetch(`${c.url}/readyz`);
       expect(res.status).toBe(503);
       expect(await res.json()).toEqual({ status: 'database unreachable', database: 'postgres' });

@@ -25,17 +25,22 @@ export interface TestGateway {
   stop(): Promise<void>;
 }
 
+/** The environment every test gateway starts from: loopback, ephemeral port, gating off. */
+export const TEST_ENV: Readonly<Record<string, string>> = {
+  PORT: '0',
+  HOST: '127.0.0.1',
+  TICKET_SECRET: SECRET,
+  CONTROL_TOKEN,
+  TARGET_ALLOWED_CIDRS: '127.0.0.1/32',
+  NOVNC_READY_GATING_ENABLED: 'false',
+  DRAIN_TIMEOUT_SECONDS: '1',
+};
+
 export async function startTestGateway(env: Record<string, string> = {}, databaseUrl?: string): Promise<TestGateway> {
   const dataDir = databaseUrl === undefined ? await mkdtemp(join(tmpdir(), 'cg-embedded-')) : undefined;
   const config = loadConfig(
     {
-      PORT: '0',
-      HOST: '127.0.0.1',
-      TICKET_SECRET: SECRET,
-      CONTROL_TOKEN,
-      TARGET_ALLOWED_CIDRS: '127.0.0.1/32',
-      NOVNC_READY_GATING_ENABLED: 'false',
-      DRAIN_TIMEOUT_SECONDS: '1',
+      ...TEST_ENV,
       ...(databaseUrl !== undefined ? { DATABASE_URL: databaseUrl } : { DATA_DIR: dataDir! }),
       ...env,
     },

@@ -10,7 +10,7 @@ import { LRUCache } from 'lru-cache';
 import { GatewayError } from './errors.js';
 import { consumeTicket } from './db/tickets.js';
 import { isUuid } from './db/sessions.js';
-import type { Database } from './db/schema.js';
+import type { Database, SessionRow } from './db/schema.js';
 
 export interface TicketClaims {
   sessionId: string;
@@ -101,13 +101,17 @@ export class Tickets {
     return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
   }
 
-  /** Consumes the ticket once across every process sharing the database; throws TICKET_USED after. */
-  async consume(claims: TicketClaims): Promise<void> {
+  /**
+   * Consumes the ticket once across every process sharing the database; throws TICKET_USED after.
+   * Returns the ticket's session as it is now (read in the same round trip), undefined if unknown.
+   */
+  async consume(claims: TicketClaims): Promise<SessionRow | undefined> {
     if (this.seen.has(claims.jti)) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     const ttl = Math.max(1, claims.expiresAt.getTime() - Date.now() + 60_000);
-    const won = await consumeTicket(this.db, claims.jti, claims.sessionId, claims.expiresAt);
+    const { won, session } = await consumeTicket(this.db, claims.jti, claims.sessionId, claims.expiresAt);
     this.seen.set(claims.jti, true, { ttl });
     if (!won) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
+    return session;
   }
 
   /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */

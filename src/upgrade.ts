@@ -75,7 +75,8 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
     const claims = await tickets.verify(token);
     log = log.child({ sessionId: claims.sessionId });
-    await databaseStep(tickets.consume(claims));
+    const current = await databaseStep(tickets.consume(claims));
+    if (current === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
 
     consoles.waiting.add(waiting);
     metrics.consolesWaiting.inc();
@@ -87,6 +88,7 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
           budgetMs: config.targetWaitTimeoutSeconds * 1000,
           gatingEnabled: config.readyGatingEnabled,
           signal: waiting.signal,
+          current,
         }),
       );
     } finally {

@@ -12,6 +12,8 @@ export interface WaitOptions {
   /** With the readiness gate disabled, a committed address is connectable at once. */
   gatingEnabled: boolean;
   signal?: AbortSignal;
+  /** The session as just read by the caller: when it is already decided, no query is needed. */
+  current?: SessionRow | undefined;
   pollMinMs?: number;
   pollMaxMs?: number;
 }
@@ -41,7 +43,11 @@ export async function waitForSession(
   id: string,
   options: WaitOptions,
 ): Promise<SessionRow> {
-  const { budgetMs, gatingEnabled, signal } = options;
+  const { budgetMs, gatingEnabled, signal, current } = options;
+  if (current !== undefined) {
+    if (isEnded(current.status)) throw new GatewayError('SESSION_ENDED', endedMessage(current));
+    if (isConnectable(current, gatingEnabled)) return current;
+  }
   const deadline = Date.now() + budgetMs;
   let poll = options.pollMinMs ?? POLL_MIN_MS;
   let wake: () => void = () => {};

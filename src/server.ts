@@ -14,7 +14,8 @@ import type { Metrics } from './metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
 import { serveStatic } from './static.js';
 import type { Tickets } from './ticket.js';
-import { createUpgradeHandler, selectProtocol } from './upgrade.js';
+import { selectProtocol } from './handshake.js';
+import { createUpgradeHandler } from './upgrade.js';
 
 export interface GatewayOptions {
   config: Config;

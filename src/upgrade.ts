@@ -4,7 +4,7 @@
 // the one place that turns an error into a close code, a log line and a metric), never a bare 1006.
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { WebSocket, WebSocketServer } from 'ws';
@@ -16,6 +16,8 @@ import { bridge } from './bridge.js';
 import type { Consoles, LiveConsole } from './consoles.js';
 import type { Metrics } from './metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
+import { dial } from './dial.js';
+import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
@@ -235,95 +237,6 @@ async function track(deps: UpgradeDeps, log: Logger, live: LiveConsole, run: () 
     deps.consoles.delete(live);
     deps.metrics.consolesActive.dec();
   }
-}
-
-/** Connects to a checked address; DIAL_FAILED with the reason on refusal or timeout. */
-function dial(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const vm = connect({ host: address, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
-    const timer = setTimeout(() => fail(new GatewayError('DIAL_FAILED', `the VM console port did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
-    const aborted = () => fail(signal.reason);
-    signal.addEventListener('abort', aborted, { once: true });
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', aborted);
-      vm.off('error', onError);
-    };
-    function fail(error: unknown) {
-      done();
-      vm.destroy();
-      reject(error);
-    }
-    function onError(error: NodeJS.ErrnoException) {
-      const why = error.code === 'ECONNREFUSED' ? 'refused the connection' : `could not be reached (${error.code ?? 'error'})`;
-      fail(new GatewayError('DIAL_FAILED', `the VM console port ${why}`, { cause: error }));
-    }
-    vm.on('error', onError);
-    vm.once('connect', () => {
-      done();
-      // Errors after this point are the pump's; keep one listener so none can crash the process.
-      vm.on('error', () => {});
-      resolve(vm);
-    });
-  });
-}
-
-function checkOrigin(req: IncomingMessage, config: Config): void {
-  const origin = req.headers.origin;
-  // A non-browser client sends no Origin; its ticket is its only credential (DESIGN.md).
-  if (origin === undefined) return;
-  const allowed =
-    config.allowedOrigins.length > 0
-      ? config.allowedOrigins
-      : [config.publicUrl !== undefined ? new URL(config.publicUrl).origin : `${isTls(req) ? 'https' : 'http'}://${req.headers.host}`];
-  if (allowed.includes('*') || allowed.includes(origin)) return;
-  throw new GatewayError('ORIGIN_FORBIDDEN', 'this page is not allowed to open consoles here (origin not in ALLOWED_ORIGINS)');
-}
-
-function isTls(req: IncomingMessage): boolean {
-  return (req.socket as { encrypted?: boolean }).encrypted === true;
-}
-
-/** The ticket from `ticket=`, `token=` (websockify compatibility) or a `ticket.<T>` subprotocol. */
-export function ticketOf(req: IncomingMessage): string | undefined {
-  const query = new URL(req.url ?? '/', 'http://gateway').searchParams;
-  const fromQuery = query.get('ticket') ?? query.get('token');
-  if (fromQuery) return fromQuery;
-  const offered = req.headers['sec-websocket-protocol']?.split(',').map((p) => p.trim());
-  return offered?.find((p) => p.startsWith('ticket.'))?.slice('ticket.'.length) || undefined;
-}
-
-/** noVNC offers no subprotocol by default; answer 'binary' only when offered (Chromium drops a mismatch). */
-export function selectProtocol(offered: Set<string>): string | false {
-  if (offered.has('binary')) return 'binary';
-  // A client that offered only its ticket must get one of its own values back or it fails the
-  // connection; echoing it returns the ticket to the client that sent it, nowhere else.
-  return [...offered][0] ?? false;
-}
-
-function pathOf(req: IncomingMessage): string {
-  const url = req.url ?? '/';
-  const q = url.indexOf('?');
-  return q === -1 ? url : url.slice(0, q);
-}
-
-// RFC 6455 §4.2.1: what a server must check before it may answer 101.
-function handshakeProblem(req: IncomingMessage): string | undefined {
-  if (req.method !== 'GET') return 'WebSocket upgrades must use GET';
-  if (req.headers.upgrade?.toLowerCase() !== 'websocket') return 'Upgrade header must be websocket';
-  const key = req.headers['sec-websocket-key'];
-  if (key === undefined || !/^[+/0-9A-Za-z]{22}==$/.test(key)) return 'missing or invalid Sec-WebSocket-Key';
-  const version = req.headers['sec-websocket-version'];
-  if (version !== '13' && version !== '8') return 'unsupported Sec-WebSocket-Version (use 13)';
-  return undefined;
-}
-
-function writeHttpError(socket: Duplex, status: number, message: string): void {
-  const reason = status === 404 ? 'Not Found' : 'Bad Request';
-  const body = `${message}\n`;
-  socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
 }
 
 function socketOnError(this: Duplex): void {

@@ -76,3 +76,14 @@ describe('the console cap', () => {
     again.close();
   });
 });
+
+describe('a disabled control API', () => {
+  let gateway: TestGateway;
+  afterAll(() => gateway?.stop());
+
+  it('answers 503 when no CONTROL_TOKEN is configured', async () => {
+    gateway = await startTestGateway({ CONTROL_TOKEN: '' });
+    const res = await gateway.api('GET', '/api/v1/ports');
+    expect(res).toEqual({ status: 503, body: { error: { code: 'CONTROL_DISABLED', message: 'the control API is disabled: set CONTROL_TOKEN' } } });
+  });
+});

@@ -9,7 +9,7 @@ import type { Database } from './db/schema.js';
 import { requireSession, targetOf } from './db/sessions.js';
 import { probeSession, type ProbeResult } from './probe.js';
 import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from './redact.js';
-import { secretsOf, type HookResult, type RuntimeHook } from './runtime-hook.js';
+import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from './runtime-hook.js';
 
 export interface DiagnoseDeps {
   db: Kysely<Database>;
@@ -34,6 +34,7 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
   const { db, config, hook } = deps;
   const row = await requireSession(db, id);
   const target = targetOf(row);
+  const port = await portOf(db, row.id);
   const secrets = deps.secrets ?? secretsOf(config);
   const scrub = (text: string) => redactText(redactOwnerIn(text, row.owner_id), secrets);
   const base = config.publicUrl ?? `http://localhost:${config.port}`;
@@ -54,11 +55,7 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
   if (hook === undefined) {
     runtime = { skipped: 'no runtime hook configured (RUNTIME_HOOK_COMMAND)' };
   } else {
-    try {
-      runtime = await hook.run('diagnostics', { sessionId: row.id, ownerId: row.owner_id, protocol: row.protocol, target, port: (await portOf(db, row.id)) ?? null });
-    } catch (error) {
-      runtime = { ok: false, output: '', resources: [], error: `the runtime hook failed: ${(error as Error).message}`, elapsedMs: 0 };
-    }
+    runtime = await hook.run('diagnostics', hookSessionOf(row, port));
   }
 
   const probeOk = 'ok' in probe && probe.ok;
@@ -75,7 +72,7 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
         protocol: row.protocol,
         owner: redactOwner(row.owner_id),
         target: target === null ? null : { ...target },
-        port: (await portOf(db, row.id)) ?? null,
+        port: port ?? null,
         createdAt: iso(row.created_at),
         updatedAt: iso(row.updated_at),
         readyAt: iso(row.ready_at),

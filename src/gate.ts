@@ -18,7 +18,7 @@ import { markReady, targetOf, type Target } from './db/sessions.js';
 import type { Metrics } from './metrics.js';
 import { probeSession, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from './redact.js';
-import type { HookResult, HookSession, RuntimeHook } from './runtime-hook.js';
+import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
 
 export interface GateDeps {
   db: Kysely<Database>;
@@ -206,14 +206,8 @@ async function failAndTeardown(
   if ((await renewLease(db, id, owner, hookBudgetMs, { deadline: probe.deadline, target: targetKey(row), attempts: probe.attempts, lastReason })) === undefined) {
     return log.debug('session left provisioning before it could be failed');
   }
-  const hookSession: HookSession = {
-    sessionId: id,
-    ownerId: row.owner_id,
-    protocol: row.protocol,
-    target,
-    port: (await portOf(db, id)) ?? null,
-  };
-  const runtime = hook === undefined ? undefined : await runHook(hook, 'diagnostics', hookSession);
+  const hookSession = hookSessionOf(row, await portOf(db, id));
+  const runtime = hook === undefined ? undefined : await hook.run('diagnostics', hookSession);
   const seconds = (elapsedMs / 1000).toFixed(1);
   const reason = forbidden ? lastReason : `not ready after ${seconds} s: ${lastReason}`;
   const failed = await failProvisioning(db, id, owner, reason, {
@@ -232,17 +226,9 @@ async function failAndTeardown(
   );
   if (failed.releasedPort !== undefined) log.info({ port: failed.releasedPort }, 'console port released');
   if (hook === undefined) return log.info('teardown skipped: no runtime hook configured');
-  const teardown = await runHook(hook, 'teardown', hookSession);
+  const teardown = await hook.run('teardown', hookSession);
   if (teardown.ok) log.info({ elapsedMs: teardown.elapsedMs }, 'best-effort teardown completed');
   else log.warn({ error: teardown.error, elapsedMs: teardown.elapsedMs }, 'best-effort teardown failed');
-}
-
-async function runHook(hook: RuntimeHook, action: 'diagnostics' | 'teardown', session: HookSession): Promise<HookResult> {
-  try {
-    return await hook.run(action, session);
-  } catch (error) {
-    return { ok: false, output: '', resources: [], error: `the runtime hook failed: ${(error as Error).message}`, elapsedMs: 0 };
-  }
 }
 
 /** Resolves after `ms`, when `woken` settles, or when `signal` aborts, whichever is first. */

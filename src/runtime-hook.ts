@@ -34,7 +34,13 @@ export interface HookResult {
 }
 
 export interface RuntimeHook {
+  /** Never rejects: a spawn error, a timeout or an unreadable answer is a result with ok: false. */
   run(action: HookAction, session: HookSession): Promise<HookResult>;
+}
+
+/** What a hook is told about a session; `port` is its pool port, if it holds (or held) one. */
+export function hookSessionOf(row: SessionRow, port: number | undefined): HookSession {
+  return { sessionId: row.id, ownerId: row.owner_id, protocol: row.protocol, target: targetOf(row), port: port ?? null };
 }
 
 export interface HookOptions {
@@ -159,8 +165,7 @@ function interpret(raw: RawRun, scrub: (text: string) => string, timeoutMs: numb
  */
 export function createTeardown(hook: RuntimeHook, log: Logger) {
   return async (row: SessionRow, port: number | undefined): Promise<void> => {
-    const session: HookSession = { sessionId: row.id, ownerId: row.owner_id, protocol: row.protocol, target: targetOf(row), port: port ?? null };
-    const result = await hook.run('teardown', session).catch((error: Error) => ({ ok: false, error: error.message, elapsedMs: 0 }));
+    const result = await hook.run('teardown', hookSessionOf(row, port));
     if (result.ok) log.info({ sessionId: row.id, elapsedMs: result.elapsedMs }, 'teardown after stop completed');
     else log.warn({ sessionId: row.id, error: result.error, elapsedMs: result.elapsedMs }, 'teardown after stop failed');
   };

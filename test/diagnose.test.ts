@@ -8,7 +8,8 @@ import { loadConfig } from '../src/config.js';
 import { diagnose } from '../src/diagnose.js';
 import { migrateToLatest } from '../src/db/migrations.js';
 import { openStore, type Store } from '../src/db/open.js';
-import { createSession, failSession } from '../src/db/sessions.js';
+import { sql } from 'kysely';
+import { createSession } from '../src/db/sessions.js';
 import { startDemoVncServer } from '../src/demo-vnc.js';
 import { createLogger } from '../src/log.js';
 import { createRuntimeHook } from '../src/runtime-hook.js';
@@ -62,9 +63,9 @@ describe('diagnose', { timeout: 15_000 }, () => {
     const port = (server.address() as AddressInfo).port;
     await new Promise((resolve) => server.close(resolve));
     const session = await createSession(store.db, { protocol: 'vnc', ownerId: OWNER, target: { host: '127.0.0.1', port, path: null }, gatingEnabled: true });
-    await failSession(store.db, session.id, 'not ready after 120.0 s: TCP connect refused', {
-      runtime: { output: `vnc exited(1) for ${OWNER}; password=hunter2 secret ${SECRET}` },
-    });
+    const diagnostics = JSON.stringify({ runtime: { output: `vnc exited(1) for ${OWNER}; password=hunter2 secret ${SECRET}` } });
+    await sql`update console_sessions set status = 'failed', failure_reason = 'not ready after 120.0 s: TCP connect refused',
+      diagnostics = ${diagnostics}::jsonb where id = ${session.id}`.execute(store.db);
 
     const { healthy, report } = await diagnose({ db: store.db, config, secrets: [SECRET] }, session.id);
 

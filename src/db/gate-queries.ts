@@ -73,10 +73,7 @@ export async function renewLease(db: Kysely<Database>, id: string, owner: string
     .executeTakeFirst();
 }
 
-/**
- * Gives `owner`'s leases back so another gate takes over at once. probe_owner stays set, so the
- * next claimer keeps the stored deadline instead of starting a new one.
- */
+/** Gives `owner`'s leases back so another gate takes over at once (the deadline stays in the row). */
 export async function releaseLeases(db: Kysely<Database>, owner: string, ids: readonly string[]): Promise<void> {
   if (ids.length === 0) return;
   await db

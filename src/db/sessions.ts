@@ -1,7 +1,7 @@
 // Console session queries. Each takes `db` first (kysely example style) and returns rows or throws a
 // GatewayError with a code the callers can branch on.
 import { randomUUID } from 'node:crypto';
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import { GatewayError } from '../errors.js';
 import type { Database, Protocol, SessionRow, SessionStatus } from './schema.js';
 
@@ -133,20 +133,6 @@ export async function stopSession(db: Kysely<Database>, id: string): Promise<Ses
   });
 }
 
-/** Marks the session failed with a one-line reason and diagnostics; no-op when already ended. */
-export async function failSession(db: Kysely<Database>, id: string, reason: string, diagnostics: unknown): Promise<SessionRow | undefined> {
-  return db.transaction().execute(async (tx) => {
-    await tx.deleteFrom('console_ports').where('session_id', '=', id).execute();
-    return tx
-      .updateTable('console_sessions')
-      .set({ status: 'failed', failure_reason: reason, diagnostics: JSON.stringify(diagnostics ?? null), probe_owner: null, probe_lease_until: null })
-      .where('id', '=', id)
-      .where('status', 'not in', ['stopped', 'failed'])
-      .returningAll()
-      .executeTakeFirst();
-  });
-}
-
 /** Provisioning → ready, only if the target is still the one that was probed. */
 export async function markReady(db: Kysely<Database>, id: string, probed: Target): Promise<SessionRow | undefined> {
   return db
@@ -158,10 +144,4 @@ export async function markReady(db: Kysely<Database>, id: string, probed: Target
     .where('target_port', '=', probed.port)
     .returningAll()
     .executeTakeFirst();
-}
-
-/** Seconds the database clock is ahead of ours; the gate and tickets use the database's clock. */
-export async function databaseNow(db: Kysely<Database>): Promise<Date> {
-  const { rows } = await sql<{ now: Date }>`select now() as now`.execute(db);
-  return new Date(rows[0]!.now);
 }

@@ -127,8 +127,9 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
   const log = deps.log.child({ sessionId: id });
   const timeoutMs = config.readyTimeoutSeconds * 1000;
   // The deadline on our clock: the database's clock decided it, ours counts down to it.
-  const deadline = Date.now() + (claim.deadline.getTime() - claim.dbNow.getTime());
-  const committedAt = deadline - timeoutMs;
+  let deadline = Date.now() + (claim.deadline.getTime() - claim.dbNow.getTime());
+  let committedAt = deadline - timeoutMs;
+  let shift = 0;
   const pollMs = config.readyPollIntervalSeconds * 1000;
   const attemptTimeoutMs = Math.min(5_000, Math.max(1_000, 2 * pollMs));
   let row: SessionRow = claim.row;
@@ -138,21 +139,32 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
   let last: ProbeResult | undefined;
   let renewAt = Date.now() + timings.leaseMs / 3;
   const state = (): ProbeState => ({
-    deadline: claim.deadline.toISOString(),
+    deadline: new Date(claim.deadline.getTime() + shift).toISOString(),
     target: targetKey(row),
     attempts,
     ...(last !== undefined && !last.ok ? { lastReason: last.reason } : {}),
   });
 
+  /**
+   * Renews the lease and takes the row as it now is. A target committed again meanwhile (plain
+   * SQL) moved provisioning_since: its deadline moves by as much. False when no longer ours.
+   */
+  const renew = async (): Promise<boolean> => {
+    const renewed = await renewLease(db, id, owner, timings.leaseMs, state());
+    if (renewed === undefined) return false;
+    const moved = renewed.provisioning_since !== null && row.provisioning_since !== null ? sinceOf(renewed) - sinceOf(row) : 0;
+    shift += moved;
+    deadline += moved;
+    committedAt += moved;
+    row = renewed;
+    target = targetOf(row)!;
+    renewAt = Date.now() + timings.leaseMs / 3;
+    return true;
+  };
+
   for (let n = 0; ; n++) {
     if (signal.aborted) return;
-    if (Date.now() >= renewAt) {
-      const renewed = await renewLease(db, id, owner, timings.leaseMs, state());
-      if (renewed === undefined) return log.debug('session left provisioning or its lease moved on; probing stopped');
-      row = renewed;
-      target = targetOf(row)!;
-      renewAt = Date.now() + timings.leaseMs / 3;
-    }
+    if (Date.now() >= renewAt && !(await renew())) return log.debug('session left provisioning or its lease moved on; probing stopped');
 
     last = await probeSession(target, row.protocol, { allowed: config.targetAllowedCidrs, readyPaths: config.readyPaths, attemptTimeoutMs, signal });
     if (signal.aborted) return;
@@ -178,6 +190,13 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     log.debug({ attempt: attempts, reason: last.reason, probeMs: last.elapsedMs }, 'readiness probe attempt failed');
 
     if (last.forbidden || Date.now() >= deadline) {
+      // Re-read before failing: a target committed again since has a deadline of its own.
+      const before = deadline;
+      if (!(await renew())) return log.debug('session left provisioning or its lease moved on; probing stopped');
+      if (deadline !== before) {
+        n = -1;
+        continue;
+      }
       await failAndTeardown({ ...deps, log }, timings, owner, row, target, last.reason, { attempts, deadline: state().deadline, history }, Date.now() - committedAt, last.forbidden === true);
       return;
     }
@@ -229,6 +248,11 @@ async function failAndTeardown(
   const teardown = await hook.run('teardown', hookSession);
   if (teardown.ok) log.info({ elapsedMs: teardown.elapsedMs }, 'best-effort teardown completed');
   else log.warn({ error: teardown.error, elapsedMs: teardown.elapsedMs }, 'best-effort teardown failed');
+}
+
+/** When the row's current target was committed, in ms on the database's clock. */
+function sinceOf(row: SessionRow): number {
+  return new Date(row.provisioning_since!).getTime();
 }
 
 /** Resolves after `ms`, when `woken` settles, or when `signal` aborts, whichever is first. */

@@ -192,6 +192,24 @@ describe('readiness gate: the three scenarios of the original design', { timeout
     ownerAndSecretsAbsent(h);
   });
 
+  it('gives a target committed again with plain SQL a deadline of its own', async () => {
+    const h = await harness();
+    const [first, second] = [await closedPort(), await closedPort()];
+    const session = await createSession(h.store.db, { protocol: 'vnc', ownerId: OWNER, gatingEnabled: true });
+    await commitTarget(h.store.db, session.id, { host: '127.0.0.1', port: first, path: null }, true);
+    h.startGate();
+    await new Promise((r) => setTimeout(r, 1_500));
+    await sql`update console_sessions set target_port = ${second}, status = 'provisioning' where id = ${session.id}`.execute(h.store.db);
+    const recommitted = await getSession(h.store.db, session.id);
+    const row = await untilStatus(h, session.id, 'failed', 6_000);
+    // Two seconds (the timeout) from the second commit, not from the first.
+    const took = new Date(row.finished_at!).getTime() - new Date(recommitted!.provisioning_since!).getTime();
+    expect(took).toBeGreaterThanOrEqual(2_000);
+    expect(took).toBeLessThan(3_500);
+    expect(row.failure_reason).toMatch(/^not ready after 2\.\d s: TCP connect refused$/);
+    expect(row.target_port).toBe(second);
+  });
+
   it('VNC slow to start (real Xvnc 5 s after the commit): ready, the waiting upgrade wakes, no false failure', async () => {
     const h = await harness({ NOVNC_READY_TIMEOUT_SECONDS: '30', NOVNC_READY_POLL_INTERVAL_SECONDS: '1' });
     const session = await createSession(h.store.db, { protocol: 'vnc', ownerId: OWNER, gatingEnabled: true });

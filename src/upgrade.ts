@@ -11,7 +11,7 @@ import type { WebSocket, WebSocketServer } from 'ws';
 import type { Config } from './config.js';
 import type { Store } from './db/open.js';
 import type { SessionRow } from './db/schema.js';
-import { CATALOGUE, GatewayError, closeReason, toGatewayError } from './errors.js';
+import { CATALOGUE, GatewayError, closeReason, toGatewayError, type ErrorCode } from './errors.js';
 import { bridge } from './bridge.js';
 import type { Consoles, LiveConsole } from './consoles.js';
 import type { Metrics } from './metrics.js';
@@ -181,7 +181,7 @@ async function pipeVnc(
 ): Promise<void> {
   let alive = true;
   ws.on('pong', () => (alive = true));
-  let closedBy: string | undefined;
+  let closedBy: ErrorCode | undefined;
   const live: LiveConsole = {
     sessionId,
     startedAt: Date.now(),
@@ -200,7 +200,14 @@ async function pipeVnc(
       return true;
     },
   };
-  await track(deps, log, live, () => bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly).then((end) => closedBy ?? end));
+  const ended = async () => {
+    const end = await bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly);
+    // The code the gateway closed with: its own decision, else the bridge's answer to the VM side.
+    const code = closedBy !== undefined ? CATALOGUE[closedBy].close : end === 'vm' ? CATALOGUE.VM_CLOSED.close : end === 'vm-error' ? CATALOGUE.DIAL_FAILED.close : undefined;
+    if (code !== undefined) deps.metrics.closes.inc({ code: String(code) });
+    return closedBy ?? end;
+  };
+  await track(deps, log, live, ended);
 }
 
 async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {

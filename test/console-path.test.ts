@@ -194,6 +194,8 @@ describe.each(databases)('console path on the %s database', (kind, makeDatabase)
     const closed = new Promise<[number, string]>((resolve) => ws.on('close', (code, reason) => resolve([code, reason.toString()])));
     expect((await gateway.api('DELETE', `/api/v1/sessions/${id}`)).status).toBe(200);
     expect(await closed).toEqual([4409, 'the console session was stopped']);
+    const closes = (await gateway.running.metrics.closes.get()).values.find((v) => v.labels.code === '4409');
+    expect(closes?.value).toBeGreaterThanOrEqual(2); // the refusal of a stopped session earlier, and this console
   });
 
   it('never writes a ticket, the secret or the control token into its logs', () => {

@@ -29,7 +29,7 @@ async function main() {
   const lib = await import('./lib.mjs');
   const { WebSocket } = await import('ws');
   if (!existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('dist/ is missing: run `npm run build` first');
-  const { mintTicket } = await import('../dist/ticket.js');
+  const { mintTicket } = await import('../dist/console/ticket.js');
   const { startProcess, startListening, stopProcess, stopAll, tree, cpuOf, cpuSplitOf, rssKiB, pssKiB, sleep, median, percentile, childrenOf } = lib;
 
   // ------------------------------------------------------------------------- configuration

@@ -5,11 +5,11 @@ import type { Config } from './config.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore, type Store } from './db/open.js';
 import { purgeConsumedTickets } from './db/tickets.js';
-import { createMetrics, type Metrics } from './metrics.js';
-import { startGateway, type Gateway } from './server.js';
-import { Tickets, readJwksFile } from './ticket.js';
-import { startGate } from './gate.js';
-import { createTeardown, runtimeHookFromConfig } from './runtime-hook.js';
+import { createMetrics, type Metrics } from './ops/metrics.js';
+import { startGateway, type Gateway } from './console/server.js';
+import { Tickets, readJwksFile } from './console/ticket.js';
+import { startGate } from './fleet/gate.js';
+import { createTeardown, runtimeHookFromConfig } from './fleet/runtime-hook.js';
 
 /** Opens the database (migrating it unless MIGRATE_ON_START=false) for a command. */
 export async function openDatabase(config: Config, log: Logger, listen = false): Promise<Store> {

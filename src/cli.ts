@@ -4,16 +4,16 @@
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
-import { createLogger } from './log.js';
+import { createLogger } from './ops/log.js';
 import { createTickets, openDatabase, startGateOnly, startServe } from './app.js';
-import { diagnose } from './diagnose.js';
-import { createTeardown, runtimeHookFromConfig } from './runtime-hook.js';
+import { diagnose } from './control/diagnose.js';
+import { createTeardown, runtimeHookFromConfig } from './fleet/runtime-hook.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore } from './db/open.js';
 import { allocatePort, poolStats, releasePort } from './db/ports.js';
 import { GatewayError } from './errors.js';
-import { commitTargetOp, createSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control.js';
-import { runDemo } from './demo.js';
+import { commitTargetOp, createSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control/control.js';
+import { runDemo } from './demo/demo.js';
 
 const USAGE = `usage: console-gateway <command>
   serve                               HTTP + WebSocket gateway (with the readiness gate)

@@ -1,6 +1,6 @@
 // The only module that reads process.env. Every problem is collected and reported at once, so an
 // operator fixes a deployment in one round trip; the result is frozen.
-import { parseCidrList, type CidrList } from './target.js';
+import { parseCidrList, type CidrList } from './console/target.js';
 
 export interface Config {
   readonly port: number;

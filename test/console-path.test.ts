@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 import { createTestDatabase } from './helpers/postgres.js';
 import { CONTROL_TOKEN, SECRET, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 

@@ -1,7 +1,7 @@
 // The demo VNC server spoken to in raw RFB 3.8 over TCP, as a viewer would.
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 // noVNC's own DES, an implementation independent of ours, computes the expected VNC-auth answer.
 // @ts-expect-error plain JavaScript without type declarations
 import { DESECBCipher } from '../node_modules/@novnc/novnc/core/crypto/des.js';

@@ -5,14 +5,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { diagnose } from '../src/diagnose.js';
+import { diagnose } from '../src/control/diagnose.js';
 import { migrateToLatest } from '../src/db/migrations.js';
 import { openStore, type Store } from '../src/db/open.js';
 import { sql } from 'kysely';
 import { createSession } from '../src/db/sessions.js';
-import { startDemoVncServer } from '../src/demo-vnc.js';
-import { createLogger } from '../src/log.js';
-import { createRuntimeHook } from '../src/runtime-hook.js';
+import { startDemoVncServer } from '../src/demo/demo-vnc.js';
+import { createLogger } from '../src/ops/log.js';
+import { createRuntimeHook } from '../src/fleet/runtime-hook.js';
 
 const HOOK_SCRIPT = fileURLToPath(new URL('./fixtures/hook-script.mjs', import.meta.url));
 const SECRET = 'diagnose-test-ticket-secret-32-bytes-long';

@@ -13,12 +13,12 @@ import { migrateToLatest } from '../src/db/migrations.js';
 import { openStore, type Store } from '../src/db/open.js';
 import { allocatePort, portOf } from '../src/db/ports.js';
 import { commitTarget, createSession, getSession } from '../src/db/sessions.js';
-import { startDemoVncServer } from '../src/demo-vnc.js';
-import { startGate, type GateDeps } from '../src/gate.js';
-import { createLogger } from '../src/log.js';
-import { createMetrics, type Metrics } from '../src/metrics.js';
-import { createRuntimeHook } from '../src/runtime-hook.js';
-import { waitForSession } from '../src/wait.js';
+import { startDemoVncServer } from '../src/demo/demo-vnc.js';
+import { startGate, type GateDeps } from '../src/fleet/gate.js';
+import { createLogger } from '../src/ops/log.js';
+import { createMetrics, type Metrics } from '../src/ops/metrics.js';
+import { createRuntimeHook } from '../src/fleet/runtime-hook.js';
+import { waitForSession } from '../src/console/wait.js';
 
 const HOOK_SCRIPT = fileURLToPath(new URL('./fixtures/hook-script.mjs', import.meta.url));
 const SECRET = 'gate-test-ticket-secret-at-least-32-bytes';

@@ -5,9 +5,9 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
-import { probeSession } from '../src/probe.js';
-import { parseCidrList } from '../src/target.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
+import { probeSession } from '../src/fleet/probe.js';
+import { parseCidrList } from '../src/console/target.js';
 
 const allowed = parseCidrList('127.0.0.1/32');
 const options = { allowed, readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };

@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 import { startServeProcess } from './helpers/cli.js';
 import { CONTROL_TOKEN, TEST_ENV, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';

@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../src/log.js';
-import { createRuntimeHook } from '../src/runtime-hook.js';
-import { redactOwner, redactText, truncate } from '../src/redact.js';
+import { createLogger } from '../src/ops/log.js';
+import { createRuntimeHook } from '../src/fleet/runtime-hook.js';
+import { redactOwner, redactText, truncate } from '../src/ops/redact.js';
 
 const SCRIPT = fileURLToPath(new URL('./fixtures/hook-script.mjs', import.meta.url));
 const log = createLogger('silent');

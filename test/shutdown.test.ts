@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { mintTicket } from '../src/ticket.js';
+import { mintTicket } from '../src/console/ticket.js';
 import { startServeProcess } from './helpers/cli.js';
 import { openConsole } from './helpers/gateway.js';
 

@@ -1,8 +1,8 @@
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { safeJoin } from '../src/static.js';
+import { safeJoin } from '../src/console/static.js';
 import { openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 
 let gateway: TestGateway;
 let vnc: DemoVncServer;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isAddressAllowed, parseCidrList, resolveTarget, validateTargetShape } from '../src/target.js';
+import { isAddressAllowed, parseCidrList, resolveTarget, validateTargetShape } from '../src/console/target.js';
 import { DEFAULT_TARGET_CIDRS } from '../src/config.js';
 import { GatewayError } from '../src/errors.js';
 

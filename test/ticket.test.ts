@@ -6,8 +6,8 @@ import { SignJWT, exportJWK, generateKeyPair, UnsecuredJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore, type Store } from '../src/db/open.js';
 import { migrateToLatest } from '../src/db/migrations.js';
-import { createLogger } from '../src/log.js';
-import { Tickets, mintTicket } from '../src/ticket.js';
+import { createLogger } from '../src/ops/log.js';
+import { Tickets, mintTicket } from '../src/console/ticket.js';
 import { GatewayError } from '../src/errors.js';
 
 const SECRET = new TextEncoder().encode('a-shared-secret-of-at-least-32-bytes!!');

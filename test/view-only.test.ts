@@ -1,8 +1,8 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { ViewOnlyFilter } from '../src/view-only.js';
-import { mintTicket } from '../src/ticket.js';
+import { ViewOnlyFilter } from '../src/console/view-only.js';
+import { mintTicket } from '../src/console/ticket.js';
 import { SECRET, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 
 const version = Buffer.from('RFB 003.008\n');

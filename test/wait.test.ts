@@ -6,8 +6,8 @@ import { openStore, type Store } from '../src/db/open.js';
 import { migrateToLatest } from '../src/db/migrations.js';
 import { createSession, commitTarget } from '../src/db/sessions.js';
 import { SessionEvents } from '../src/db/events.js';
-import { createLogger } from '../src/log.js';
-import { waitForSession } from '../src/wait.js';
+import { createLogger } from '../src/ops/log.js';
+import { waitForSession } from '../src/console/wait.js';
 import { GatewayError } from '../src/errors.js';
 
 let store: Store;

@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
-import { startDemoVncServer, type DemoVncServer } from '../src/demo-vnc.js';
+import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 import { openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { startWebsockify } from './helpers/websockify.js';
 

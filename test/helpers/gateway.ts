@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { WebSocket } from 'ws';
 import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/log.js';
+import { createLogger } from '../../src/ops/log.js';
 import { startServe, type Running } from '../../src/app.js';
-import { mintTicket } from '../../src/ticket.js';
+import { mintTicket } from '../../src/console/ticket.js';
 
 export const SECRET = 'test-secret-that-is-at-least-32-bytes-long!';
 export const CONTROL_TOKEN = 'control-token-for-tests-0123456789';

@@ -2,10 +2,10 @@
 // before the backend has committed the VM IP). Woken at once by the database trigger's NOTIFY;
 // polling with backoff covers a lost notification or a LISTEN connection that is reconnecting.
 import type { Kysely } from 'kysely';
-import { GatewayError } from './errors.js';
-import { getSession, isEnded } from './db/sessions.js';
-import type { SessionEvents } from './db/events.js';
-import type { Database, SessionRow } from './db/schema.js';
+import { GatewayError } from '../errors.js';
+import { getSession, isEnded } from '../db/sessions.js';
+import type { SessionEvents } from '../db/events.js';
+import type { Database, SessionRow } from '../db/schema.js';
 
 export interface WaitOptions {
   budgetMs: number;

@@ -19,7 +19,7 @@ const TYPES: Record<string, string> = {
   '.woff2': 'font/woff2',
 };
 
-export const STATIC_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'static');
+export const STATIC_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'static');
 // The package's "exports" points at core/rfb.js; its root is two levels up.
 export const NOVNC_DIR = resolve(dirname(createRequire(import.meta.url).resolve('@novnc/novnc')), '..');
 

@@ -2,8 +2,8 @@
 // compare, JSON in and out, and a clear 4xx for every bad input.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { poolStats } from './db/ports.js';
-import { GatewayError } from './errors.js';
+import { poolStats } from '../db/ports.js';
+import { GatewayError } from '../errors.js';
 import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
 
 const MAX_BODY_BYTES = 16 * 1024;

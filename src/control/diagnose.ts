@@ -3,13 +3,13 @@
 // runtime's own view. Admin-only (a CLI command, never an HTTP route): even redacted, runtime
 // output is not for tenants. Nothing in it holds a ticket; owner ids appear as `****abc123`.
 import type { Kysely } from 'kysely';
-import type { Config } from './config.js';
-import { portOf } from './db/ports.js';
-import type { Database } from './db/schema.js';
-import { requireSession, targetOf } from './db/sessions.js';
-import { probeSession, type ProbeResult } from './probe.js';
-import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from './redact.js';
-import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from './runtime-hook.js';
+import type { Config } from '../config.js';
+import { portOf } from '../db/ports.js';
+import type { Database } from '../db/schema.js';
+import { requireSession, targetOf } from '../db/sessions.js';
+import { probeSession, type ProbeResult } from '../fleet/probe.js';
+import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
+import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from '../fleet/runtime-hook.js';
 
 export interface DiagnoseDeps {
   db: Kysely<Database>;

@@ -9,15 +9,15 @@ import { setMaxListeners } from 'node:events';
 import { hostname } from 'node:os';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import type { SessionEvents } from './db/events.js';
-import { claimProvisioning, failProvisioning, releaseLeases, renewLease, targetKey, type Claim, type ProbeState } from './db/gate-queries.js';
-import { portOf } from './db/ports.js';
-import type { Database, SessionRow } from './db/schema.js';
-import { markReady, targetOf, type Target } from './db/sessions.js';
-import type { Metrics } from './metrics.js';
+import type { Config } from '../config.js';
+import type { SessionEvents } from '../db/events.js';
+import { claimProvisioning, failProvisioning, releaseLeases, renewLease, targetKey, type Claim, type ProbeState } from '../db/gate-queries.js';
+import { portOf } from '../db/ports.js';
+import type { Database, SessionRow } from '../db/schema.js';
+import { markReady, targetOf, type Target } from '../db/sessions.js';
+import type { Metrics } from '../ops/metrics.js';
 import { probeSession, type ProbeResult } from './probe.js';
-import { redactOwner, truncate } from './redact.js';
+import { redactOwner, truncate } from '../ops/redact.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
 
 export interface GateDeps {

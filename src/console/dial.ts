@@ -1,7 +1,7 @@
 // Dialling the VM's console port: a checked literal address, a timeout, the browser's departure as
 // an abort, and a DIAL_FAILED that says refused or unreachable.
 import { connect, type Socket } from 'node:net';
-import { GatewayError } from './errors.js';
+import { GatewayError } from '../errors.js';
 
 /** Connects to a checked address; DIAL_FAILED with the reason on refusal or timeout. */
 export function dial(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<Socket> {

@@ -4,8 +4,8 @@
 // `highWaterMark` bytes (plus one read) wait for the browser, at most one message for the VM.
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { CATALOGUE, closeReason, toGatewayError } from './errors.js';
-import type { Traffic } from './metrics.js';
+import { CATALOGUE, closeReason, toGatewayError } from '../errors.js';
+import type { Traffic } from '../ops/metrics.js';
 import type { ViewOnlyFilter } from './view-only.js';
 
 export interface BridgeState {

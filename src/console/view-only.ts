@@ -1,7 +1,7 @@
 // Server-side enforcement of a ticket's `view_only` claim: the browser → VM byte stream is parsed
 // as RFB client messages (RFC 6143 §7.1-7.5) and input is dropped, so a modified page cannot type,
 // click, paste or resize. What cannot be parsed is refused rather than passed through.
-import { GatewayError } from './errors.js';
+import { GatewayError } from '../errors.js';
 
 type State = 'version' | 'security' | 'auth' | 'init' | 'messages';
 

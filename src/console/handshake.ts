@@ -2,8 +2,8 @@
 // path (RFC 6455 §4.2.1), from an allowed origin, with a ticket, and which subprotocol to answer.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Config } from './config.js';
-import { GatewayError } from './errors.js';
+import type { Config } from '../config.js';
+import { GatewayError } from '../errors.js';
 
 export function checkOrigin(req: IncomingMessage, config: Config): void {
   const origin = req.headers.origin;

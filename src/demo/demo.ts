@@ -1,12 +1,12 @@
 // `console-gateway demo`: the gateway on the embedded database, our demo VNC server on loopback, and
 // a ready session, with a console URL to open. Press Enter for a fresh one-time link.
 import { randomBytes } from 'node:crypto';
-import { loadConfig, DEFAULT_TARGET_CIDRS } from './config.js';
-import { createLogger } from './log.js';
-import { startServe } from './app.js';
-import { createSessionOp, mintTicketOp } from './control.js';
+import { loadConfig, DEFAULT_TARGET_CIDRS } from '../config.js';
+import { createLogger } from '../ops/log.js';
+import { startServe } from '../app.js';
+import { createSessionOp, mintTicketOp } from '../control/control.js';
 import { startDemoVncServer } from './demo-vnc.js';
-import { waitForSession } from './wait.js';
+import { waitForSession } from '../console/wait.js';
 
 const DEMO_READY_BUDGET_MS = 30_000;
 

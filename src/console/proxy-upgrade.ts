@@ -6,7 +6,7 @@ import { Agent, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
-import { GatewayError } from './errors.js';
+import { GatewayError } from '../errors.js';
 
 export type WsProxy = httpProxy;
 

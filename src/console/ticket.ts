@@ -7,10 +7,10 @@ import { readFile } from 'node:fs/promises';
 import { SignJWT, createLocalJWKSet, errors, jwtVerify, type CryptoKey, type JWTVerifyGetKey, type KeyObject } from 'jose';
 import type { Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
-import { GatewayError } from './errors.js';
-import { consumeTicket } from './db/tickets.js';
-import { isUuid } from './db/sessions.js';
-import type { Database, SessionRow } from './db/schema.js';
+import { GatewayError } from '../errors.js';
+import { consumeTicket } from '../db/tickets.js';
+import { isUuid } from '../db/sessions.js';
+import type { Database, SessionRow } from '../db/schema.js';
 
 export interface TicketClaims {
   sessionId: string;

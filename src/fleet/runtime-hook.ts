@@ -5,10 +5,10 @@
 // `{"ok", "output"?, "resources"?}` as JSON on stdout. See examples/hooks/README.md.
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import type { SessionRow } from './db/schema.js';
-import { targetOf } from './db/sessions.js';
-import { redactOwnerIn, redactText, redactValue, truncate } from './redact.js';
+import type { Config } from '../config.js';
+import type { SessionRow } from '../db/schema.js';
+import { targetOf } from '../db/sessions.js';
+import { redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 
 export type HookAction = 'diagnostics' | 'teardown' | 'list';
 

@@ -4,7 +4,7 @@
 // 0x7f000001 or 127.1 only show their real address after resolution.
 import { BlockList, isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
-import { GatewayError } from './errors.js';
+import { GatewayError } from '../errors.js';
 
 interface Cidr {
   readonly text: string;

@@ -6,9 +6,9 @@
 import { request, type IncomingMessage } from 'node:http';
 import { connect, isIP, type Socket } from 'node:net';
 import { WebSocket } from 'ws';
-import type { Protocol } from './db/schema.js';
-import { GatewayError } from './errors.js';
-import { resolveTarget, type CidrList, type Resolver } from './target.js';
+import type { Protocol } from '../db/schema.js';
+import { GatewayError } from '../errors.js';
+import { resolveTarget, type CidrList, type Resolver } from '../console/target.js';
 
 /** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
 export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };

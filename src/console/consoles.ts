@@ -1,8 +1,8 @@
 // The consoles this process is serving: piping ones (for session stop, idle and duration limits,
 // drain) and waiting ones (so drain can refuse them at once). One sweep timer serves them all, so
 // an idle console costs no timer of its own.
-import type { ErrorCode } from './errors.js';
-import type { SessionEvents } from './db/events.js';
+import type { ErrorCode } from '../errors.js';
+import type { SessionEvents } from '../db/events.js';
 
 export interface LiveConsole {
   readonly sessionId: string;

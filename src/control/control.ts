@@ -1,13 +1,13 @@
 // The control-plane operations, shared by the HTTP API and the CLI: input validation, target
 // checks and the database calls, so both surfaces answer the same inputs the same way.
 import type { Kysely } from 'kysely';
-import type { Config } from './config.js';
-import { portOf } from './db/ports.js';
-import type { Database, Protocol, SessionRow } from './db/schema.js';
-import { commitTarget, createSession, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from './db/sessions.js';
-import { GatewayError } from './errors.js';
-import { resolveTarget, validateTargetShape, type Resolver } from './target.js';
-import type { Tickets } from './ticket.js';
+import type { Config } from '../config.js';
+import { portOf } from '../db/ports.js';
+import type { Database, Protocol, SessionRow } from '../db/schema.js';
+import { commitTarget, createSession, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
+import { GatewayError } from '../errors.js';
+import { resolveTarget, validateTargetShape, type Resolver } from '../console/target.js';
+import type { Tickets } from '../console/ticket.js';
 
 export interface ControlDeps {
   config: Config;

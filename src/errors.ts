@@ -18,7 +18,6 @@ export const CATALOGUE = {
   TICKET_USED: { status: 401, close: 4401, level: 'warn' },
   ORIGIN_FORBIDDEN: { status: 403, close: 4403, level: 'warn' },
   TARGET_FORBIDDEN: { status: 403, close: 4403, level: 'warn' },
-  VIEW_ONLY_UNSUPPORTED: { status: 403, close: 4403, level: 'info' },
   SESSION_NOT_FOUND: { status: 404, close: 4404, level: 'info' },
   SESSION_ENDED: { status: 409, close: 4409, level: 'info' },
   WAIT_TIMEOUT: { status: 504, close: 1013, level: 'warn' },

@@ -107,16 +107,11 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
     socket.off('close', browserGone);
     if (session.protocol === 'websockify') {
-      // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
-      if (claims.viewOnly) {
-        vm.destroy();
-        throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
-      }
       const hostHeader = `${session.target_host}:${session.target_port}`;
       const path = session.target_path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
       answered = true;
-      await pipeRaw(deps, log, session.id, socket, vm);
+      await pipeRaw(deps, log, session.id, socket, vm, claims.viewOnly);
     } else {
       const ws = accept(deps.wss, req, socket, head);
       answered = true;
@@ -181,11 +176,12 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, ws: WebSocke
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket): Promise<void> {
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
+  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
     kind: 'websockify',
-    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, onStop }),
+    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });
 }
 

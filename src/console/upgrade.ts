@@ -21,6 +21,8 @@ import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from 
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
+import { openCredentials } from './credentials.js';
+import { authenticateVmSocket, greetBrowser } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
 export interface UpgradeDeps {
@@ -99,8 +101,10 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
+    const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    const vmEarly = credentials === undefined ? undefined : await authenticateVmSocket(vm, credentials, waiting.signal);
     socket.off('close', browserGone);
     if (session.protocol === 'websockify') {
       // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
@@ -116,7 +120,9 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     } else {
       const ws = accept(deps.wss, req, socket, head);
       answered = true;
-      await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
+      // With stored credentials the gateway answers the browser's security handshake itself.
+      const rfb = { vmEarly, viewOnly: claims.viewOnly ? new ViewOnlyFilter(vmEarly === undefined ? 'version' : 'init') : undefined };
+      await pipeVnc(deps, log, session.id, ws, socket, vm, rfb);
     }
   } catch (error) {
     refuse(error);
@@ -177,8 +183,9 @@ async function pipeVnc(
   ws: WebSocket,
   browser: Socket,
   vm: Socket,
-  viewOnly: ViewOnlyFilter | undefined,
+  rfb: { vmEarly: Buffer | undefined; viewOnly: ViewOnlyFilter | undefined },
 ): Promise<void> {
+  const { viewOnly } = rfb;
   let alive = true;
   ws.on('pong', () => (alive = true));
   let closedBy: ErrorCode | undefined;
@@ -201,13 +208,41 @@ async function pipeVnc(
     },
   };
   const ended = async () => {
-    const end = await bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly);
+    const greeted = rfb.vmEarly === undefined || (await offerNoneOrClose(ws, vm, rfb.vmEarly, live, viewOnly));
+    let end: string;
+    if (greeted) {
+      const pumping = bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly);
+      vm.resume(); // paused since the VM handshake; the bridge now listens
+      end = await pumping;
+    } else {
+      // Closed by live.close before the pump started: wait for the browser's side to go.
+      if (!browser.destroyed) await new Promise((resolve) => browser.once('close', resolve));
+      end = 'browser';
+    }
     // The code the gateway closed with: its own decision, else the bridge's answer to the VM side.
     const code = closedBy !== undefined ? CATALOGUE[closedBy].close : end === 'vm' ? CATALOGUE.VM_CLOSED.close : end === 'vm-error' ? CATALOGUE.DIAL_FAILED.close : undefined;
     if (code !== undefined) deps.metrics.closes.inc({ code: String(code) });
     return closedBy ?? end;
   };
   await track(deps, log, live, ended);
+}
+
+/**
+ * The browser's half of a console with stored credentials: security None, then whatever either
+ * side sent early is passed on. A failure ends the console through `live.close`.
+ */
+async function offerNoneOrClose(ws: WebSocket, vm: Socket, vmEarly: Buffer, live: LiveConsole, viewOnly: ViewOnlyFilter | undefined): Promise<boolean> {
+  try {
+    const early = await greetBrowser(ws);
+    const toVm = viewOnly === undefined || early.length === 0 ? early : viewOnly.filter(early);
+    if (toVm.length > 0) vm.write(toVm);
+    if (vmEarly.length > 0) ws.send(vmEarly, { binary: true });
+    return ws.readyState === ws.OPEN;
+  } catch (error) {
+    const failure = toGatewayError(error);
+    live.close(failure.code, failure.message);
+    return false;
+  }
 }
 
 async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {

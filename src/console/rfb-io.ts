@@ -10,7 +10,7 @@ export interface RfbIo {
   /** The next `n` bytes; rejects when the connection ends first. */
   read(n: number): Promise<Buffer>;
   write(bytes: Buffer): void;
-  /** Stops reading; returns the bytes received but not yet read. */
+  /** Stops reading; returns the bytes received but not yet read (a TCP socket keeps them too). */
   release(): Buffer;
 }
 
@@ -62,7 +62,10 @@ class ByteQueue {
   }
 }
 
-/** An RfbIo over a connected TCP socket; `release()` leaves the socket paused for the pump. */
+/**
+ * An RfbIo over a connected TCP socket; `release()` leaves the socket paused, with any bytes read
+ * ahead put back (unshift), for the pump to take over.
+ */
 export function socketIo(socket: Socket): RfbIo {
   const queue = new ByteQueue();
   const onData = (chunk: Buffer) => queue.push(chunk);
@@ -78,7 +81,10 @@ export function socketIo(socket: Socket): RfbIo {
       socket.off('data', onData);
       socket.off('close', onEnd);
       socket.off('end', onEnd);
-      return queue.drain();
+      // Bytes read ahead go back into the socket, so the pump reads them first.
+      const rest = queue.drain();
+      if (rest.length > 0 && !socket.destroyed) socket.unshift(rest);
+      return rest;
     },
   };
 }

@@ -13,6 +13,7 @@ import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { CATALOGUE, GatewayError, closeReason, toGatewayError, type ErrorCode } from '../errors.js';
 import { bridge } from './bridge.js';
+import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
 import type { Consoles, LiveConsole } from './consoles.js';
 import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
@@ -164,6 +165,7 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
+    explainProtocolCloses(ws);
     accepted = ws;
   });
   if (accepted === undefined && !optional) throw new BrowserGone();
@@ -200,6 +202,7 @@ async function pipeVnc(
       return true;
     },
   };
+  endOnBadFrames(ws, (failure) => live.close(failure.code, failure.message));
   const ended = async () => {
     const end = await bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly);
     // The code the gateway closed with: its own decision, else the bridge's answer to the VM side.

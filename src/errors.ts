@@ -28,14 +28,19 @@ export const CATALOGUE = {
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
   IDLE_TIMEOUT: { status: 408, close: 4408, level: 'info' },
   MAX_DURATION: { status: 408, close: 4408, level: 'info' },
+  // How a live console ends (never an HTTP answer; the status is for the catalogue's shape only).
   VM_CLOSED: { status: 502, close: 1000, level: 'info' },
-  SHUTTING_DOWN: { status: 503, close: 1001, level: 'info' },
-  // A live console the browser's own frames ended (RFC 6455 §7.4.1).
+  VM_CONNECTION_LOST: { status: 502, close: 4502, level: 'warn' },
+  BROWSER_CLOSED: { status: 499, close: 1000, level: 'info' },
+  BROWSER_UNRESPONSIVE: { status: 408, close: 4408, level: 'info' },
+  VIEW_ONLY_VIOLATION: { status: 403, close: 1008, level: 'warn' },
+  // The browser's own frames broke the protocol (RFC 6455 §7.4.1); words in browserFrameError.
   BROWSER_PROTOCOL_ERROR: { status: 400, close: 1002, level: 'info' },
   BROWSER_TEXT_FRAME: { status: 400, close: 1003, level: 'info' },
   BROWSER_INVALID_UTF8: { status: 400, close: 1007, level: 'info' },
   BROWSER_TOO_FRAGMENTED: { status: 400, close: 1008, level: 'info' },
   BROWSER_FRAME_TOO_LARGE: { status: 413, close: 1009, level: 'info' },
+  SHUTTING_DOWN: { status: 503, close: 1001, level: 'info' },
   DATABASE_UNAVAILABLE: { status: 503, close: 1011, level: 'error' },
   INTERNAL: { status: 500, close: 1011, level: 'error' },
 } as const satisfies Record<string, { status: number; close: number; level: 'info' | 'warn' | 'error' }>;

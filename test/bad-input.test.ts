@@ -134,9 +134,9 @@ describe('frames from the browser on a live console', () => {
     raw.socket.destroy();
     await expect.poll(() => gateway.running.gateway.consoles.live.size).toBe(0);
     expect(await closesOf(code)).toBe(before + 1);
-    const lines = gateway.logs.filter((l) => l.sessionId === id && l.msg === 'console closed');
+    const lines = gateway.logs.filter((l) => l.sessionId === id && /^console (ended|closed)/.test(String(l.msg)));
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ end: expect.stringMatching(/^BROWSER_/) });
+    expect(lines[0]).toMatchObject({ code: expect.stringMatching(/^BROWSER_/), closeCode: code, msg: `console ended: ${close.reason}` });
     // Nothing the browser sent in a bad frame reached the VM.
     expect(Buffer.concat(vmChunks).length).toBe(0);
   });

@@ -2,15 +2,22 @@
 // console with a reason in words (the ws library would send its close code alone), and a text
 // frame is refused with 1003, since the console speaks binary RFB and noVNC never sends text.
 import type { WebSocket } from 'ws';
-import { browserFrameError, closeReason, type GatewayError } from '../errors.js';
+import { browserFrameError, closeReason } from '../errors.js';
+import type { EndReason } from './endings.js';
 
 // Browser → VM traffic is key and pointer events, update requests and clipboard text (RFC 6143
 // §7.5); a larger message is not a console talking.
 export const MAX_BROWSER_MESSAGE_BYTES = 256 * 1024;
 
-const explained = new WeakMap<WebSocket, GatewayError>();
+const explained = new WeakMap<WebSocket, EndReason>();
 
-const frameError = (code: number) => browserFrameError(code, MAX_BROWSER_MESSAGE_BYTES / 1024);
+function reasonFor(closeCode: number): EndReason | undefined {
+  const failure = browserFrameError(closeCode, MAX_BROWSER_MESSAGE_BYTES / 1024);
+  return failure === undefined ? undefined : { code: failure.code, message: failure.message };
+}
+
+/** Why a console ends when the browser sends a text frame (the pump checks every message). */
+export const TEXT_FRAME_REFUSED: EndReason = reasonFor(1003)!;
 
 /**
  * Gives the closes ws makes by itself a reason. On a bad frame ws calls `close(code)` without a
@@ -20,24 +27,20 @@ const frameError = (code: number) => browserFrameError(code, MAX_BROWSER_MESSAGE
 export function explainProtocolCloses(ws: WebSocket): void {
   const close = ws.close.bind(ws);
   ws.close = (code?: number, reason?: string | Buffer) => {
-    const failure = reason === undefined && code !== undefined ? frameError(code) : undefined;
-    if (failure === undefined) return close(code, reason);
-    explained.set(ws, failure);
-    close(code, closeReason(failure.message));
+    const why = reason === undefined && code !== undefined ? reasonFor(code) : undefined;
+    if (why === undefined) return close(code, reason);
+    explained.set(ws, why);
+    close(code, closeReason(why.message));
   };
 }
 
 /**
- * Ends a live console through `end` (once per cause) when the browser breaks the protocol or
- * sends a text frame. The text check runs before every other 'message' listener, so `end` has
- * cut the VM's connection before the pump could forward a byte of it.
+ * Reports through `onStop` why ws closed a live console on a bad frame ('error' follows the
+ * close at once, before 'close'), so the metric and the log line name what the browser was sent.
  */
-export function endOnBadFrames(ws: WebSocket, end: (failure: GatewayError) => void): void {
+export function endOnBadFrames(ws: WebSocket, onStop: (reason: EndReason) => void): void {
   ws.on('error', function wsOnFrameError() {
-    const failure = explained.get(ws);
-    if (failure !== undefined) end(failure);
-  });
-  ws.prependListener('message', function wsOnTextFrame(_data: unknown, isBinary: boolean) {
-    if (!isBinary) end(frameError(1003)!);
+    const why = explained.get(ws);
+    if (why !== undefined) onStop(why);
   });
 }

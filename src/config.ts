@@ -39,6 +39,8 @@ export interface Config {
   readonly reconciliationIntervalSeconds: number;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
+  readonly credentialsKey: Uint8Array | undefined;
 }
 
 export class ConfigError extends Error {
@@ -162,6 +164,8 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
   const controlToken = str('CONTROL_TOKEN');
   if (controlToken !== undefined && controlToken.length < 16) problems.push('CONTROL_TOKEN must be at least 16 characters');
 
+  const credentialsKey = base64Key(env.CREDENTIALS_KEY, 'CREDENTIALS_KEY', problems);
+
   const config: Config = {
     port,
     host,
@@ -198,7 +202,20 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    credentialsKey,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+/** A 32-byte key given as base64 (`openssl rand -base64 32`); the problem names only its length. */
+function base64Key(raw: string | undefined, name: string, problems: string[]): Uint8Array | undefined {
+  const text = raw?.trim();
+  if (text === undefined || text === '') return undefined;
+  const key = /^[A-Za-z0-9+/_-]+={0,2}$/.test(text) ? Buffer.from(text, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) {
+    problems.push(`${name} must be 32 bytes in base64 (openssl rand -base64 32), got ${key.length === 0 ? 'no base64' : `${key.length} bytes`}`);
+    return undefined;
+  }
+  return new Uint8Array(key);
 }

@@ -26,6 +26,8 @@ export const CATALOGUE = {
   PORTS_EXHAUSTED: { status: 503, close: 1013, level: 'warn' },
   TARGET_UNRESOLVABLE: { status: 422, close: 4502, level: 'warn' },
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
+  VM_AUTH_FAILED: { status: 502, close: 4502, level: 'warn' },
+  CREDENTIALS_UNAVAILABLE: { status: 500, close: 1011, level: 'error' },
   IDLE_TIMEOUT: { status: 408, close: 4408, level: 'info' },
   MAX_DURATION: { status: 408, close: 4408, level: 'info' },
   // How a live console ends (never an HTTP answer; the status is for the catalogue's shape only).

@@ -26,6 +26,8 @@ import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from 
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
+import { openCredentials } from './credentials.js';
+import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
 export interface UpgradeDeps {
@@ -104,8 +106,10 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
+    const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
     socket.off('close', browserGone);
     if (session.protocol === 'websockify') {
       // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
@@ -121,7 +125,7 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     } else {
       const ws = accept(deps.wss, req, socket, head);
       answered = true;
-      await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly);
+      await pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined });
     }
   } catch (error) {
     refuse(error);
@@ -174,14 +178,24 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   return accepted;
 }
 
-function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, ws: WebSocket, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
-  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
+interface VncConsole {
+  ws: WebSocket;
+  browser: Socket;
+  vm: Socket;
+  viewOnly: boolean;
+  /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
+  greet: boolean;
+}
+
+function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
     kind: 'vnc',
     start: (onStop) => {
-      endOnBadFrames(ws, onStop);
-      return bridge(ws, browser, vm, { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop });
+      endOnBadFrames(c.ws, onStop);
+      const options = { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop };
+      return c.greet ? greetThenBridge(c.ws, c.browser, c.vm, options) : bridge(c.ws, c.browser, c.vm, options);
     },
   });
 }

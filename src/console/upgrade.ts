@@ -14,6 +14,7 @@ import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
+import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
 import type { Consoles } from './consoles.js';
 import { closeFrameOf, reportClose } from './endings.js';
 import { runLiveConsole } from './live-console.js';
@@ -165,6 +166,7 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
+    explainProtocolCloses(ws);
     accepted = ws;
   });
   if (accepted === undefined && !optional) throw new BrowserGone();
@@ -186,6 +188,7 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsol
     sessionId,
     kind: 'vnc',
     start: (onStop) => {
+      endOnBadFrames(c.ws, onStop);
       const options = { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop };
       return c.greet ? greetThenBridge(c.ws, c.browser, c.vm, options) : bridge(c.ws, c.browser, c.vm, options);
     },

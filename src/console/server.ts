@@ -79,7 +79,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     } catch (error) {
       const failure = toGatewayError(error);
       // Only the path: the query may hold a ticket.
-      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' ? { err: failure.cause } : {}) }, failure.message);
+      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) }, failure.message);
       if (res.headersSent) return void res.destroy();
       sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
     }

@@ -1,7 +1,8 @@
-// The control plane over HTTP (DESIGN.md "Control plane"): bearer-token auth with a constant-time
+// The control plane over HTTP (README "HTTP surface"): bearer-token auth with a constant-time
 // compare, JSON in and out, and a clear 4xx for every bad input.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { databaseUnavailable, isDatabaseUnavailable } from '../db/failures.js';
 import { poolStats } from '../db/ports.js';
 import { GatewayError } from '../errors.js';
 import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
@@ -54,8 +55,19 @@ export interface ApiDeps extends ControlDeps {
   publicUrl(req: IncomingMessage): string;
 }
 
-/** Handles /api/v1/*; throws GatewayError for the server to answer. */
+/**
+ * Handles /api/v1/*; throws GatewayError for the server to answer. A database that cannot serve is
+ * DATABASE_UNAVAILABLE (503, try again), not an internal error.
+ */
 export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  try {
+    await route(deps, req, res, path);
+  } catch (error) {
+    throw isDatabaseUnavailable(error) ? databaseUnavailable(error) : error;
+  }
+}
+
+async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
   authorize(req, deps.config.controlToken);
   const parts = path.split('/').filter(Boolean).slice(2); // drop "api", "v1"
   const method = req.method ?? 'GET';

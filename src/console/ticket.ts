@@ -17,6 +17,8 @@ export interface TicketClaims {
   jti: string;
   expiresAt: Date;
   viewOnly: boolean;
+  /** Closes the session's other interactive consoles; never set together with viewOnly. */
+  exclusive: boolean;
 }
 
 export interface TicketOptions {
@@ -98,7 +100,9 @@ export class Tickets {
     if (exp - iat > this.options.maxTtlSeconds) {
       throw new GatewayError('TICKET_INVALID', `ticket invalid: lifetime over ${this.options.maxTtlSeconds} s`);
     }
-    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
+    const viewOnly = payload.view_only === true;
+    // A viewer who cannot type has nothing to hold exclusively: view_only wins.
+    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly, exclusive: !viewOnly && payload.exclusive === true };
   }
 
   /**
@@ -115,11 +119,11 @@ export class Tickets {
   }
 
   /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */
-  async mint(sessionId: string, ttlSeconds: number, viewOnly = false): Promise<{ ticket: string; expiresAt: Date }> {
+  async mint(sessionId: string, ttlSeconds: number, viewOnly = false, exclusive = false): Promise<{ ticket: string; expiresAt: Date }> {
     if (!this.options.secret) {
       throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
     }
-    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, audience: this.options.audience });
+    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, exclusive, audience: this.options.audience });
   }
 }
 
@@ -145,6 +149,8 @@ export interface MintOptions {
   kid?: string;
   ttlSeconds?: number;
   viewOnly?: boolean;
+  /** Connecting closes the session's other interactive consoles (4409); not with viewOnly. */
+  exclusive?: boolean;
   audience?: string;
   issuer?: string;
 }
@@ -158,10 +164,11 @@ export async function mintTicket(options: MintOptions): Promise<{ ticket: string
   const symmetric = key instanceof Uint8Array;
   if (symmetric && key.length < 32) throw new Error('ticket secret must be at least 32 bytes');
   if (!symmetric && options.alg === undefined) throw new Error('alg (EdDSA or ES256) is required with a private key');
+  if (options.viewOnly && options.exclusive) throw new Error('a view-only ticket cannot be exclusive');
   const now = Math.floor(Date.now() / 1000);
   const exp = now + (options.ttlSeconds ?? 60);
   const header = { alg: symmetric ? 'HS256' : options.alg!, typ: 'JWT', ...(options.kid ? { kid: options.kid } : {}) };
-  const ticket = await new SignJWT(options.viewOnly ? { view_only: true } : {})
+  const ticket = await new SignJWT({ ...(options.viewOnly ? { view_only: true } : {}), ...(options.exclusive ? { exclusive: true } : {}) })
     .setProtectedHeader(header)
     .setSubject(options.sessionId)
     .setJti(randomUUID())

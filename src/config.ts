@@ -25,6 +25,7 @@ export interface Config {
   readonly maxDurationSeconds: number;
   readonly maxConsoles: number;
   readonly drainTimeoutSeconds: number;
+  readonly headersTimeoutSeconds: number;
   readonly migrateOnStart: boolean;
   readonly readyGatingEnabled: boolean;
   readonly readyTimeoutSeconds: number;
@@ -187,6 +188,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxDurationSeconds: num('CONSOLE_MAX_DURATION_SECONDS', 0, 0),
     maxConsoles: num('MAX_CONSOLES', 20000, 0),
     drainTimeoutSeconds: num('DRAIN_TIMEOUT_SECONDS', 20, 0, 3600, false),
+    headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300),
     migrateOnStart: bool('MIGRATE_ON_START', true),
     readyGatingEnabled: bool('NOVNC_READY_GATING_ENABLED', true),
     readyTimeoutSeconds: num('NOVNC_READY_TIMEOUT_SECONDS', 120, 0.1, 86400, false),

@@ -14,6 +14,7 @@ import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
+import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
 import type { Consoles } from './consoles.js';
 import { closeFrameOf, reportClose } from './endings.js';
 import { runLiveConsole } from './live-console.js';
@@ -108,10 +109,6 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
-    // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
-    if (session.protocol === 'websockify' && claims.viewOnly) {
-      throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
-    }
     const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
@@ -129,7 +126,7 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
         const path = session.target_path ?? '/';
         await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
         answered = true;
-        running = pipeRaw(deps, log, session.id, socket, vm, consoleId);
+        running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
       } else {
         const ws = accept(deps.wss, req, socket, head);
         answered = true;
@@ -184,6 +181,7 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
+    explainProtocolCloses(ws);
     accepted = ws;
   });
   if (accepted === undefined && !optional) throw new BrowserGone();
@@ -208,18 +206,21 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsol
     viewOnly: c.viewOnly,
     kind: 'vnc',
     start: (onStop) => {
+      endOnBadFrames(c.ws, onStop);
       const options = { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop };
       return c.greet ? greetThenBridge(c.ws, c.browser, c.vm, options) : bridge(c.ws, c.browser, c.vm, options);
     },
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, consoleId: string): Promise<void> {
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, c: { viewOnly: boolean; consoleId: string }): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter() : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
-    consoleId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'websockify',
-    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, onStop }),
+    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });
 }
 

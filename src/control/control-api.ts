@@ -5,7 +5,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { databaseUnavailable, isDatabaseUnavailable } from '../db/failures.js';
 import { poolStats } from '../db/ports.js';
 import { GatewayError } from '../errors.js';
-import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
+import { closeConsolesOp, commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
 
@@ -71,7 +71,7 @@ async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, p
   authorize(req, deps.config.controlToken);
   const parts = path.split('/').filter(Boolean).slice(2); // drop "api", "v1"
   const method = req.method ?? 'GET';
-  const [collection, id, sub, ...rest] = parts;
+  const [collection, id, sub, action, ...rest] = parts;
   const allow = (allowed: string) => {
     if (!allowed.split(', ').includes(method)) {
       res.setHeader('Allow', allowed);
@@ -93,6 +93,11 @@ async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, p
     if (method === 'GET') return sendJson(res, 200, await getSessionOp(deps, id));
     return sendJson(res, 200, await stopSessionOp(deps, id));
   }
+  if (sub === 'consoles' && action === 'close') {
+    allow('POST');
+    return sendJson(res, 200, await closeConsolesOp(deps, id));
+  }
+  if (action !== undefined) throw new GatewayError('NOT_FOUND', 'no such API path');
   if (sub === 'target') {
     allow('PUT');
     return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));

@@ -29,6 +29,8 @@ export const CATALOGUE = {
   TARGET_UNRESOLVABLE: { status: 422, close: 4502, level: 'warn' },
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
   VM_AUTH_FAILED: { status: 502, close: 4502, level: 'warn' },
+  SCREENSHOT_FAILED: { status: 502, close: 4502, level: 'warn' },
+  SCREENSHOT_TIMEOUT: { status: 504, close: 1013, level: 'warn' },
   CREDENTIALS_UNAVAILABLE: { status: 500, close: 1011, level: 'error' },
   IDLE_TIMEOUT: { status: 408, close: 4408, level: 'info' },
   MAX_DURATION: { status: 408, close: 4408, level: 'info' },

@@ -25,6 +25,7 @@ export interface Config {
   readonly maxDurationSeconds: number;
   readonly maxConsoles: number;
   readonly drainTimeoutSeconds: number;
+  readonly headersTimeoutSeconds: number;
   readonly migrateOnStart: boolean;
   readonly readyGatingEnabled: boolean;
   readonly readyTimeoutSeconds: number;
@@ -38,6 +39,10 @@ export interface Config {
   readonly reconciliationIntervalSeconds: number;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  /** The runtime hook's whole environment: PATH, HOME, LANG and the names in RUNTIME_HOOK_ENV. */
+  readonly runtimeHookEnv: Readonly<Record<string, string>>;
+  /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
+  readonly credentialsKey: Uint8Array | undefined;
 }
 
 export class ConfigError extends Error {
@@ -51,6 +56,20 @@ export class ConfigError extends Error {
 export const DEFAULT_TARGET_CIDRS = '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7';
 
 type Env = Readonly<Record<string, string | undefined>>;
+
+/** What every hook gets; the gateway's secrets and database can never be passed on. */
+const HOOK_BASE_ENV = ['PATH', 'HOME', 'LANG'];
+const NEVER_TO_HOOK = ['TICKET_SECRET', 'CONTROL_TOKEN', 'DATABASE_URL', 'CREDENTIALS_KEY', 'METRICS_TOKEN'];
+
+/** The runtime hook is a third-party program: it gets the variables it is given, no more. */
+function hookEnvironment(env: Env, names: readonly string[], problems: string[]): Record<string, string> {
+  for (const name of names) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) problems.push(`RUNTIME_HOOK_ENV entry "${name}" is not a variable name`);
+    else if (NEVER_TO_HOOK.includes(name)) problems.push(`RUNTIME_HOOK_ENV must not pass ${name} to the runtime hook`);
+  }
+  const passed = [...HOOK_BASE_ENV, ...names.filter((n) => !NEVER_TO_HOOK.includes(n))];
+  return Object.fromEntries(passed.flatMap((name) => (env[name] === undefined ? [] : [[name, env[name]!]])));
+}
 
 /**
  * Reads the configuration from `env` (process.env by default); throws ConfigError listing every
@@ -153,6 +172,8 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     }
   }
 
+  const runtimeHookEnv = hookEnvironment(env, list('RUNTIME_HOOK_ENV'), problems);
+
   const logLevel = str('LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "${logLevel}"`);
@@ -160,6 +181,8 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
 
   const controlToken = str('CONTROL_TOKEN');
   if (controlToken !== undefined && controlToken.length < 16) problems.push('CONTROL_TOKEN must be at least 16 characters');
+
+  const credentialsKey = base64Key(env.CREDENTIALS_KEY, 'CREDENTIALS_KEY', problems);
 
   const config: Config = {
     port,
@@ -183,6 +206,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxDurationSeconds: num('CONSOLE_MAX_DURATION_SECONDS', 0, 0),
     maxConsoles: num('MAX_CONSOLES', 20000, 0),
     drainTimeoutSeconds: num('DRAIN_TIMEOUT_SECONDS', 20, 0, 3600, false),
+    headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300),
     migrateOnStart: bool('MIGRATE_ON_START', true),
     readyGatingEnabled: bool('NOVNC_READY_GATING_ENABLED', true),
     readyTimeoutSeconds: num('NOVNC_READY_TIMEOUT_SECONDS', 120, 0.1, 86400, false),
@@ -196,7 +220,21 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    runtimeHookEnv,
+    credentialsKey,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+/** A 32-byte key given as base64 (`openssl rand -base64 32`); the problem names only its length. */
+function base64Key(raw: string | undefined, name: string, problems: string[]): Uint8Array | undefined {
+  const text = raw?.trim();
+  if (text === undefined || text === '') return undefined;
+  const key = /^[A-Za-z0-9+/_-]+={0,2}$/.test(text) ? Buffer.from(text, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) {
+    problems.push(`${name} must be 32 bytes in base64 (openssl rand -base64 32), got ${key.length === 0 ? 'no base64' : `${key.length} bytes`}`);
+    return undefined;
+  }
+  return new Uint8Array(key);
 }

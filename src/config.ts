@@ -1,6 +1,7 @@
 // The only module that reads process.env. Every problem is collected and reported at once, so an
 // operator fixes a deployment in one round trip; the result is frozen.
 import { parseCidrList, type CidrList } from './console/target.js';
+import { readEdgeConfig, type EdgeConfig } from './edge-config.js';
 
 export interface Config {
   readonly port: number;
@@ -38,6 +39,7 @@ export interface Config {
   readonly reconciliationIntervalSeconds: number;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  readonly edge: EdgeConfig;
 }
 
 export class ConfigError extends Error {
@@ -196,6 +198,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    edge: readEdgeConfig({ str, num, bool, list, problems, allowedOrigins }),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

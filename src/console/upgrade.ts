@@ -18,6 +18,8 @@ import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
+import { clientAddress } from './client-address.js';
+import type { Limits } from './limits.js';
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
@@ -32,6 +34,7 @@ export interface UpgradeDeps {
   log: Logger;
   wss: WebSocketServer;
   proxy: WsProxy;
+  limits: Limits;
   isDraining(): boolean;
 }
 
@@ -55,8 +58,10 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 }
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const { config, store, tickets, consoles, metrics } = deps;
-  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
+  const { config, store, tickets, consoles, metrics, limits } = deps;
+  const client = clientAddress(req, config.edge);
+  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex'), clientAddress: client });
+  const phase = phaseTimer(metrics);
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
@@ -67,17 +72,19 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     answered = true;
     refuseUpgrade(deps, log, req, socket, head, error);
   };
+  const held: (() => void)[] = [];
   try {
     if (deps.isDraining()) throw new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
-    if (config.maxConsoles > 0 && consoles.size >= config.maxConsoles) {
-      throw new GatewayError('CAPACITY', 'the gateway is at its console limit; try again shortly');
-    }
+    limits.checkThrottle(client);
+    held.push(limits.holdClient(client, consoles.size));
     checkOrigin(req, config);
     const token = ticketOf(req);
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
-    const claims = await tickets.verify(token);
+    const claims = await phase('ticket', () => tickets.verify(token));
     log = log.child({ sessionId: claims.sessionId });
-    const current = await databaseStep(tickets.consume(claims));
+    // Before the ticket is consumed: a console refused for the session's cap keeps its ticket.
+    held.push(limits.holdSession(claims.sessionId));
+    const current = await phase('database', () => databaseStep(tickets.consume(claims)));
     if (current === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
 
     consoles.waiting.add(waiting);
@@ -96,11 +103,15 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     } finally {
       consoles.waiting.delete(waiting);
       metrics.consolesWaiting.dec();
-      metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
+      const waited = (performance.now() - waitStarted) / 1000;
+      metrics.waitSeconds.observe(waited);
+      metrics.upgradePhaseSeconds.observe({ phase: 'wait' }, waited);
     }
 
-    const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
-    const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    const vm = await phase(
+      'dial',
+      async () => dial(await resolveTarget(session.target_host!, config.targetAllowedCidrs), session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal),
+    );
     socket.off('close', browserGone);
     if (session.protocol === 'websockify') {
       // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
@@ -119,10 +130,24 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
     }
   } catch (error) {
+    limits.noteRefusal(client, error);
     refuse(error);
   } finally {
     socket.off('close', browserGone);
+    for (const release of held) release();
   }
+}
+
+/** Times a step of the upgrade into console_gateway_upgrade_phase_duration_seconds{phase}. */
+function phaseTimer(metrics: Metrics) {
+  return async <T>(name: 'ticket' | 'database' | 'dial', step: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await step();
+    } finally {
+      metrics.upgradePhaseSeconds.observe({ phase: name }, (performance.now() - started) / 1000);
+    }
+  };
 }
 
 class BrowserGone extends Error {}

@@ -1,5 +1,5 @@
 // The edge settings: who the client is behind balancers, per-client and per-session caps, the
-// failed-upgrade throttle, header timeouts, framing policy, TLS and the sidecar ops port. Read by
+// failed-upgrade throttle, framing policy, TLS and the sidecar ops port. Read by
 // src/config.ts with its own readers, so every problem is still reported in the same one list.
 import { parseCidrList, type CidrList } from './console/target.js';
 
@@ -16,7 +16,6 @@ export interface EdgeConfig {
   readonly maxConsolesPerClient: number;
   readonly maxConsolesPerSession: number;
   readonly failedUpgradesPerMinute: number;
-  readonly headersTimeoutSeconds: number;
   /** CSP frame-ancestors sources for the console page. */
   readonly frameAncestors: readonly string[];
   readonly tlsCertFile: string | undefined;
@@ -75,7 +74,6 @@ export function readEdgeConfig({ str, num, bool, list, problems, allowedOrigins 
     maxConsolesPerClient: num('MAX_CONSOLES_PER_CLIENT', 20, 0),
     maxConsolesPerSession: num('MAX_CONSOLES_PER_SESSION', 10, 0),
     failedUpgradesPerMinute: num('FAILED_UPGRADES_PER_MINUTE', 60, 0),
-    headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300, false),
     frameAncestors,
     tlsCertFile,
     tlsKeyFile,

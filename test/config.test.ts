@@ -76,7 +76,6 @@ describe('edge configuration', () => {
       maxConsolesPerClient: 20,
       maxConsolesPerSession: 10,
       failedUpgradesPerMinute: 60,
-      headersTimeoutSeconds: 10,
       frameAncestors: ["'self'"],
       opsPort: 9464,
       metricsToken: undefined,

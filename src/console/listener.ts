@@ -25,7 +25,7 @@ const BODY_GRACE_MS = 20_000;
 
 export async function createListener(config: Config, log: Logger, onRequest: (req: IncomingMessage, res: ServerResponse) => void): Promise<Listener> {
   const edge = config.edge;
-  const headersTimeout = edge.headersTimeoutSeconds * 1000;
+  const headersTimeout = config.headersTimeoutSeconds * 1000;
   const options = {
     headersTimeout,
     requestTimeout: headersTimeout + BODY_GRACE_MS,

@@ -5,7 +5,9 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
+import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
+import { LiveRegistry } from './live-registry.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
@@ -15,7 +17,7 @@ import { createWsProxy } from './proxy-upgrade.js';
 import { serveStatic } from './static.js';
 import { consolePageHeaders } from './page-policy.js';
 import type { Tickets } from './ticket.js';
-import { selectProtocol } from './handshake.js';
+import { clientErrorAnswer, selectProtocol, writeHttpError } from './handshake.js';
 import { createUpgradeHandler } from './upgrade.js';
 import { createLimits } from './limits.js';
 import { createListener } from './listener.js';
@@ -39,9 +41,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-// Browser → VM traffic is key and pointer events, update requests and clipboard text (RFC 6143
-// §7.5); a larger frame is not a console talking.
-const MAX_PAYLOAD_BYTES = 256 * 1024;
 const HEARTBEAT_MS = 30_000;
 const READY_PING_TIMEOUT_MS = 2_000;
 const CLOSE_GRACE_MS = 1_000;
@@ -59,13 +58,14 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const wss = new WebSocketServer({
     noServer: true,
     clientTracking: false,
-    maxPayload: MAX_PAYLOAD_BYTES,
+    maxPayload: MAX_BROWSER_MESSAGE_BYTES,
     // VNC encodings are compressed already; deflate would only cost CPU and memory per console.
     perMessageDeflate: false,
     handleProtocols: selectProtocol,
   });
   const proxy = createWsProxy();
   const pageHeaders = consolePageHeaders(config.edge.frameAncestors);
+  const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
   const apiDeps = { config, db: store.db, tickets, publicUrl, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
@@ -110,16 +110,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  // A malformed request line or header: answer 400 and drop it, never crash.
-  server.on('clientError', (_error, socket) => {
+  // A malformed, oversized or too slow request: answer what HTTP says and drop it, never crash.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return void socket.destroy();
+    const { status, message } = clientErrorAnswer(error);
     // Destroyed once the answer is out: the listener is half-open, so a client that never closes
     // its side (a slow-header attacker) would otherwise keep the socket.
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
-    else socket.destroy();
+    socket.once('finish', () => socket.destroy());
+    writeHttpError(socket, status, message);
   });
   server.on(
     'upgrade',
-    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, limits: createLimits(config, metrics), isDraining: () => draining }),
+    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, registry, limits: createLimits(config, metrics), isDraining: () => draining }),
   );
   const address = await listener.listen();
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -137,6 +139,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     const grace = Date.now() + CLOSE_GRACE_MS;
     while ((consoles.live.size > 0 || consoles.waiting.size > 0) && Date.now() < grace) await sleep(20);
     consoles.stop();
+    await registry.stop();
     const closed = listener.close();
     // server.close() does not end upgraded sockets or idle keep-alive connections.
     for (const socket of sockets) socket.destroy();

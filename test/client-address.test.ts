@@ -95,7 +95,7 @@ describe('a gateway behind a trusted proxy', () => {
     expect(forged.messages).toHaveLength(1);
     expect(connectedFrom(gateway)).toEqual(['203.0.113.7', '127.0.0.11']);
     // Every line about those consoles carries it, the closing one too.
-    await expect.poll(() => gateway.logs.filter((l) => l.msg === 'console closed').map((l) => l.clientAddress)).toEqual(['203.0.113.7', '127.0.0.11']);
+    await expect.poll(() => gateway.logs.filter((l) => String(l.msg).startsWith('console ended')).map((l) => l.clientAddress)).toEqual(['203.0.113.7', '127.0.0.11']);
   });
 });
 

@@ -63,7 +63,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   const proxy = createWsProxy();
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
-  const apiDeps = { config, db: store.db, tickets, publicUrl, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const apiDeps = { config, db: store.db, tickets, publicUrl, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;

@@ -2,9 +2,9 @@
 // compare, JSON in and out, and a clear 4xx for every bad input.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { poolStats } from '../db/ports.js';
 import { GatewayError } from '../errors.js';
 import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
+import { allocatePortOp, poolOp, releasePortOp } from './port-ops.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
 
@@ -68,8 +68,8 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
   };
   if (collection === 'ports' && id === undefined) {
     allow('GET');
-    const { portRangeStart: start, portRangeEnd: end, maxSessions } = deps.config;
-    return sendJson(res, 200, await poolStats(deps.db, { start, end, maxSessions }));
+    const list = new URL(req.url ?? '/', 'http://x').searchParams.get('list');
+    return sendJson(res, 200, await poolOp(deps, list === '1' || list === 'true'));
   }
   if (collection !== 'sessions' || rest.length > 0) throw new GatewayError('NOT_FOUND', 'no such API path');
   if (id === undefined) {
@@ -84,6 +84,12 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
   if (sub === 'target') {
     allow('PUT');
     return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));
+  }
+  if (sub === 'port') {
+    allow('POST, DELETE');
+    if (method === 'DELETE') return sendJson(res, 200, await releasePortOp(deps, id));
+    const { lease, created } = await allocatePortOp(deps, id);
+    return sendJson(res, created ? 201 : 200, lease);
   }
   if (sub === 'tickets') {
     allow('POST');

@@ -8,6 +8,7 @@ import { commitTarget, createSession, isUuid, requireSession, stopSession, viewO
 import { GatewayError } from '../errors.js';
 import { resolveTarget, validateTargetShape, type Resolver } from '../console/target.js';
 import type { Tickets } from '../console/ticket.js';
+import type { FleetMetrics } from '../ops/fleet-metrics.js';
 
 export interface ControlDeps {
   config: Config;
@@ -16,6 +17,7 @@ export interface ControlDeps {
   /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
   teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
   resolver?: Resolver;
+  fleetMetrics?: FleetMetrics;
 }
 
 const OWNER_MAX = 200;

@@ -1,6 +1,7 @@
 // Prometheus metrics. One registry per gateway instance (tests run several in one process); labels
 // are closed sets (outcome codes, directions), never session ids, tickets or addresses.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createFleetMetrics, type FleetMetrics } from './fleet-metrics.js';
 
 /** Bytes piped, added to by the pump per chunk and read by the bytes counter at scrape time. */
 export interface Traffic {
@@ -20,6 +21,8 @@ export interface Metrics {
   readonly closes: Counter<'code'>;
   readonly probes: Counter<'result'>;
   readonly sessionTransitions: Counter<'to'>;
+  /** The reconciler and the port pool. */
+  readonly fleet: FleetMetrics;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -87,5 +90,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       labelNames: ['to'],
       registers,
     }),
+    fleet: createFleetMetrics(registers),
   };
 }

@@ -28,7 +28,13 @@ export const CATALOGUE = {
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
   IDLE_TIMEOUT: { status: 408, close: 4408, level: 'info' },
   MAX_DURATION: { status: 408, close: 4408, level: 'info' },
+  // How a live console ends (never an HTTP answer; the status is for the catalogue's shape only).
   VM_CLOSED: { status: 502, close: 1000, level: 'info' },
+  VM_CONNECTION_LOST: { status: 502, close: 4502, level: 'warn' },
+  BROWSER_CLOSED: { status: 499, close: 1000, level: 'info' },
+  BROWSER_UNRESPONSIVE: { status: 408, close: 4408, level: 'info' },
+  VIEW_ONLY_VIOLATION: { status: 403, close: 1008, level: 'warn' },
+  BROWSER_PROTOCOL_ERROR: { status: 400, close: 1002, level: 'info' },
   SHUTTING_DOWN: { status: 503, close: 1001, level: 'info' },
   DATABASE_UNAVAILABLE: { status: 503, close: 1011, level: 'error' },
   INTERNAL: { status: 500, close: 1011, level: 'error' },

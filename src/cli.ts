@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The one executable, `console-gateway <command>`. Every command prints JSON on success and exits
 // non-zero with one clear line on bad input or an unreachable database.
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
@@ -19,10 +20,10 @@ const USAGE = `usage: console-gateway <command>
   serve                               HTTP + WebSocket gateway (with the readiness gate)
   gate                                the readiness gate alone (sidecar)
   migrate                             bring the database schema to the latest version
-  session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]]
-  session target ID --host H --port P [--path P]
+  session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]] [--password-file F | --password-stdin]
+  session target ID --host H --port P [--path P] [--password-file F | --password-stdin]
   session stop ID
-  ticket ID [--ttl SECONDS] [--view-only]
+  ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
   ports status|list|allocate ID|release ID   the port pool; allocate renews a held lease; exhausted: exit 3
   demo                                serve + a demo VNC server + a ready session`;
@@ -33,15 +34,41 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-function targetFrom(values: Record<string, unknown>, required: boolean): { host: string; port: number; path?: string } | undefined {
+async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<{ host: string; port: number; path?: string } | undefined> {
   const { host, port, path } = values as { host?: string; port?: string; path?: string };
   if (host === undefined && port === undefined) {
     if (required) throw new UsageError('--host and --port are required');
+    if (values['password-file'] !== undefined || values['password-stdin']) throw new UsageError('a password goes with --host and --port');
     return undefined;
   }
   if (host === undefined || port === undefined) throw new UsageError('--host and --port go together');
   if (!/^\d+$/.test(port)) throw new UsageError('--port must be a number');
-  return { host, port: Number(port), ...(path !== undefined ? { path } : {}) };
+  const password = await passwordFrom(values);
+  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...(password !== undefined ? { credentials: { password } } : {}) };
+}
+
+/** The VNC password from a file or stdin, never from argv (where `ps` and shell history see it). */
+async function passwordFrom(values: Record<string, unknown>): Promise<string | undefined> {
+  const file = values['password-file'] as string | undefined;
+  if (file !== undefined && values['password-stdin']) throw new UsageError('use --password-file or --password-stdin, not both');
+  let text: string;
+  if (file !== undefined) {
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (error) {
+      throw new UsageError(`--password-file ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  } else if (values['password-stdin']) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    text = Buffer.concat(chunks).toString('utf8');
+  } else {
+    return undefined;
+  }
+  // One trailing newline is the file's or the pipe's, not the password's.
+  const password = text.replace(/\r?\n$/, '');
+  if (password === '') throw new UsageError('the password is empty');
+  return password;
 }
 
 async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promise<T>): Promise<T> {
@@ -67,7 +94,10 @@ async function main(argv: string[]): Promise<number> {
     path: { type: 'string' },
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
+    exclusive: { type: 'boolean' },
     once: { type: 'boolean' },
+    'password-file': { type: 'string' },
+    'password-stdin': { type: 'boolean' },
   } as const;
   const parse = (args: string[]) => {
     try {
@@ -129,7 +159,7 @@ async function main(argv: string[]): Promise<number> {
       if (sub === 'create') {
         if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
         if (values.protocol === undefined) throw new UsageError('--protocol vnc|websockify is required');
-        const target = targetFrom(values, false);
+        const target = await targetFrom(values, false);
         print(
           await withControl(config, (deps) =>
             createSessionOp(deps, {
@@ -145,7 +175,7 @@ async function main(argv: string[]): Promise<number> {
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError(`session ${sub ?? '<create|target|stop>'} takes one session ID`);
       if (sub === 'target') {
-        const target = targetFrom(values, true)!;
+        const target = (await targetFrom(values, true))!;
         print(await withControl(config, (deps) => commitTargetOp(deps, id, target)));
         return 0;
       }
@@ -161,7 +191,7 @@ async function main(argv: string[]): Promise<number> {
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
       if (values.ttl !== undefined && !/^\d+$/.test(values.ttl)) throw new UsageError('--ttl must be a whole number of seconds');
-      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}) };
+      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}), ...(values.exclusive ? { exclusive: true } : {}) };
       const publicUrl = config.publicUrl ?? `http://localhost:${config.port}`;
       print(await withControl(config, (deps) => mintTicketOp(deps, id, body, publicUrl)));
       return 0;

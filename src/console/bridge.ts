@@ -6,6 +6,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { toGatewayError } from '../errors.js';
 import type { Traffic } from '../ops/metrics.js';
+import { TEXT_FRAME_REFUSED } from './browser-frames.js';
 import type { OnStop, Pump, PumpStats } from './pump.js';
 import type { ViewOnlyFilter } from './view-only.js';
 
@@ -49,7 +50,9 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
     else onStop({ code: 'VM_CONNECTION_LOST', message: `lost the connection to the VM console (${lost})` });
   });
 
-  ws.on('message', function wsOnMessage(data: Buffer) {
+  ws.on('message', function wsOnMessage(data: Buffer, isBinary: boolean) {
+    // The console speaks binary RFB and noVNC never sends text: none of it reaches the VM.
+    if (!isBinary) return onStop(TEXT_FRAME_REFUSED);
     stats.lastActivity = Date.now();
     stats.up += data.length;
     traffic.up += data.length;

@@ -17,6 +17,8 @@ export interface TicketClaims {
   jti: string;
   expiresAt: Date;
   viewOnly: boolean;
+  /** Closes the session's other interactive consoles; never set together with viewOnly. */
+  exclusive: boolean;
 }
 
 export interface TicketOptions {
@@ -31,7 +33,8 @@ export interface TicketOptions {
 
 const ASYMMETRIC = ['EdDSA', 'ES256'] as const;
 const MAX_TICKET_LENGTH = 4096;
-const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
+/** How far the minting clock may run ahead of or behind the gateway's (README "Tickets"). */
+export const CLOCK_TOLERANCE_SECONDS = 5;
 
 /** Reads TICKET_JWKS_FILE; throws a one-line error naming the file, never its content. */
 export async function readJwksFile(path: string): Promise<{ keys: object[] }> {
@@ -73,7 +76,7 @@ export class Tickets {
     if (token.length > MAX_TICKET_LENGTH || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token)) {
       throw new GatewayError('TICKET_INVALID', 'ticket invalid: not a compact JWS');
     }
-    const tolerance = this.options.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+    const tolerance = this.options.clockToleranceSeconds ?? CLOCK_TOLERANCE_SECONDS;
     let payload;
     try {
       // The key follows the algorithm in the header, so an HS256 token can never be checked
@@ -95,10 +98,10 @@ export class Tickets {
     const { sub, jti, exp, iat } = payload as { sub: string; jti: string; exp: number; iat: number };
     if (!isUuid(sub)) throw new GatewayError('TICKET_INVALID', 'ticket invalid: its subject is not a session id');
     if (typeof jti !== 'string' || jti.length === 0 || jti.length > 128) throw new GatewayError('TICKET_INVALID', 'ticket invalid: bad jti');
-    if (exp - iat > this.options.maxTtlSeconds) {
-      throw new GatewayError('TICKET_INVALID', `ticket invalid: lifetime over ${this.options.maxTtlSeconds} s`);
-    }
-    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
+    checkLifetime(iat, exp, this.options.maxTtlSeconds, tolerance);
+    const viewOnly = payload.view_only === true;
+    // A viewer who cannot type has nothing to hold exclusively: view_only wins.
+    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly, exclusive: !viewOnly && payload.exclusive === true };
   }
 
   /**
@@ -115,11 +118,25 @@ export class Tickets {
   }
 
   /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */
-  async mint(sessionId: string, ttlSeconds: number, viewOnly = false): Promise<{ ticket: string; expiresAt: Date }> {
+  async mint(sessionId: string, ttlSeconds: number, viewOnly = false, exclusive = false): Promise<{ ticket: string; expiresAt: Date }> {
     if (!this.options.secret) {
       throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
     }
-    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, audience: this.options.audience });
+    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, exclusive, audience: this.options.audience });
+  }
+}
+
+/**
+ * Bounds the lifetime against the gateway's own clock, not only against `iat`: a ticket with `iat`
+ * a year ahead and `exp = iat + 300` would otherwise work for a year.
+ */
+function checkLifetime(iat: number, exp: number, maxTtlSeconds: number, tolerance: number): void {
+  const now = Date.now() / 1000;
+  if (iat > now + tolerance) {
+    throw new GatewayError('TICKET_INVALID', 'ticket issued in the future: check the clock of the system that minted it');
+  }
+  if (exp - iat > maxTtlSeconds || exp > now + maxTtlSeconds + tolerance) {
+    throw new GatewayError('TICKET_INVALID', `ticket lifetime exceeds the maximum of ${maxTtlSeconds} s`);
   }
 }
 
@@ -145,6 +162,8 @@ export interface MintOptions {
   kid?: string;
   ttlSeconds?: number;
   viewOnly?: boolean;
+  /** Connecting closes the session's other interactive consoles (4409); not with viewOnly. */
+  exclusive?: boolean;
   audience?: string;
   issuer?: string;
 }
@@ -158,10 +177,11 @@ export async function mintTicket(options: MintOptions): Promise<{ ticket: string
   const symmetric = key instanceof Uint8Array;
   if (symmetric && key.length < 32) throw new Error('ticket secret must be at least 32 bytes');
   if (!symmetric && options.alg === undefined) throw new Error('alg (EdDSA or ES256) is required with a private key');
+  if (options.viewOnly && options.exclusive) throw new Error('a view-only ticket cannot be exclusive');
   const now = Math.floor(Date.now() / 1000);
   const exp = now + (options.ttlSeconds ?? 60);
   const header = { alg: symmetric ? 'HS256' : options.alg!, typ: 'JWT', ...(options.kid ? { kid: options.kid } : {}) };
-  const ticket = await new SignJWT(options.viewOnly ? { view_only: true } : {})
+  const ticket = await new SignJWT({ ...(options.viewOnly ? { view_only: true } : {}), ...(options.exclusive ? { exclusive: true } : {}) })
     .setProtectedHeader(header)
     .setSubject(options.sessionId)
     .setJti(randomUUID())

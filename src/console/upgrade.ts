@@ -14,6 +14,7 @@ import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
+import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
 import type { Consoles } from './consoles.js';
 import { closeFrameOf, reportClose } from './endings.js';
 import { runLiveConsole } from './live-console.js';
@@ -25,6 +26,9 @@ import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from 
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
+import { openCredentials } from './credentials.js';
+import type { LiveRegistry } from './live-registry.js';
+import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
 export interface UpgradeDeps {
@@ -35,6 +39,7 @@ export interface UpgradeDeps {
   metrics: Metrics;
   log: Logger;
   wss: WebSocketServer;
+  registry: LiveRegistry;
   proxy: WsProxy;
   isDraining(): boolean;
 }
@@ -60,7 +65,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const { config, store, tickets, consoles, metrics } = deps;
-  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
+  const consoleId = randomBytes(6).toString('hex');
+  let log = deps.log.child({ consoleId });
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
@@ -103,24 +109,33 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
+    const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
+    // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
+    const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
+      vm.destroy();
+      throw error;
+    });
     socket.off('close', browserGone);
-    if (session.protocol === 'websockify') {
-      // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
-      if (claims.viewOnly) {
-        vm.destroy();
-        throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
+    try {
+      let running: Promise<void>;
+      if (session.protocol === 'websockify') {
+        const hostHeader = `${session.target_host}:${session.target_port}`;
+        const path = session.target_path ?? '/';
+        await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+        answered = true;
+        running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
+      } else {
+        const ws = accept(deps.wss, req, socket, head);
+        answered = true;
+        running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
       }
-      const hostHeader = `${session.target_host}:${session.target_port}`;
-      const path = session.target_path ?? '/';
-      await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
-      answered = true;
-      await pipeRaw(deps, log, session.id, socket, vm);
-    } else {
-      const ws = accept(deps.wss, req, socket, head);
-      answered = true;
-      await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly);
+      claim.live();
+      await running;
+    } finally {
+      await claim.release();
     }
   } catch (error) {
     refuse(error);
@@ -166,26 +181,46 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
+    explainProtocolCloses(ws);
     accepted = ws;
   });
   if (accepted === undefined && !optional) throw new BrowserGone();
   return accepted;
 }
 
-function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, ws: WebSocket, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
-  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
+interface VncConsole {
+  ws: WebSocket;
+  browser: Socket;
+  vm: Socket;
+  viewOnly: boolean;
+  /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
+  greet: boolean;
+  consoleId: string;
+}
+
+function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'vnc',
-    start: (onStop) => bridge(ws, browser, vm, { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
+    start: (onStop) => {
+      endOnBadFrames(c.ws, onStop);
+      const options = { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop };
+      return c.greet ? greetThenBridge(c.ws, c.browser, c.vm, options) : bridge(c.ws, c.browser, c.vm, options);
+    },
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket): Promise<void> {
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, c: { viewOnly: boolean; consoleId: string }): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter() : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'websockify',
-    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, onStop }),
+    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });
 }
 

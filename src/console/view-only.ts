@@ -36,8 +36,13 @@ function refuse(what: string): GatewayError {
 }
 
 export class ViewOnlyFilter {
-  private state: State = 'version';
+  private state: State;
   private pending: Buffer = Buffer.alloc(0);
+
+  /** `init`: the gateway did the security handshake with the browser itself; ClientInit is next. */
+  constructor(start: 'version' | 'init' = 'version') {
+    this.state = start;
+  }
 
   /** Returns the bytes of `chunk` that may reach the VM; throws VIEW_ONLY_VIOLATION on what it cannot parse. */
   filter(chunk: Buffer): Buffer {

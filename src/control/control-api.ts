@@ -3,7 +3,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { GatewayError } from '../errors.js';
-import { commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
+import { closeConsolesOp, commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control.js';
 import { allocatePortOp, poolOp, releasePortOp } from './port-ops.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -59,7 +59,7 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
   authorize(req, deps.config.controlToken);
   const parts = path.split('/').filter(Boolean).slice(2); // drop "api", "v1"
   const method = req.method ?? 'GET';
-  const [collection, id, sub, ...rest] = parts;
+  const [collection, id, sub, action, ...rest] = parts;
   const allow = (allowed: string) => {
     if (!allowed.split(', ').includes(method)) {
       res.setHeader('Allow', allowed);
@@ -81,6 +81,11 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
     if (method === 'GET') return sendJson(res, 200, await getSessionOp(deps, id));
     return sendJson(res, 200, await stopSessionOp(deps, id));
   }
+  if (sub === 'consoles' && action === 'close') {
+    allow('POST');
+    return sendJson(res, 200, await closeConsolesOp(deps, id));
+  }
+  if (action !== undefined) throw new GatewayError('NOT_FOUND', 'no such API path');
   if (sub === 'target') {
     allow('PUT');
     return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));

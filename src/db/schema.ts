@@ -24,6 +24,8 @@ export interface ConsoleSessionsTable {
   finished_at: Timestamp | null;
   probe_owner: string | null;
   probe_lease_until: Timestamp | null;
+  /** VNC credentials sealed with CREDENTIALS_KEY (src/console/credentials.ts); never returned. */
+  target_credentials: string | null;
   /** Set by the trigger when the session becomes provisioning or its target changes. */
   provisioning_since: ColumnType<Date | null, never, never>;
   /** Set once, when the ended session's teardown ran and its port was released. */
@@ -78,8 +80,20 @@ export interface ConsoleAuditTable {
   created_at: Generated<Date>;
 }
 
+/** One live console on one replica; renewed while it runs, so a crashed replica's rows expire. */
+export interface ConsoleLiveTable {
+  id: string;
+  session_id: string;
+  replica_id: string;
+  view_only: boolean;
+  exclusive: boolean;
+  started_at: Generated<Date>;
+  expires_at: Date;
+}
+
 export interface Database {
   console_sessions: ConsoleSessionsTable;
+  console_live: ConsoleLiveTable;
   consumed_tickets: ConsumedTicketsTable;
   console_ports: ConsolePortsTable;
   console_port_conflicts: ConsolePortConflictsTable;
@@ -89,6 +103,9 @@ export interface Database {
 export type SessionRow = Selectable<ConsoleSessionsTable>;
 export type NewSessionRow = Insertable<ConsoleSessionsTable>;
 export type SessionUpdate = Updateable<ConsoleSessionsTable>;
+
+/** Console takeover and kick, to every replica: "takeover:<session id>:<console id>", "kick:<session id>". */
+export const CONTROL_CHANNEL = 'console_control';
 
 /** The channel the console_sessions trigger notifies on; the payload is "<id>:<status>". */
 export const SESSION_CHANNEL = 'console_session';

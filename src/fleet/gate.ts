@@ -16,7 +16,7 @@ import { portOf } from '../db/ports.js';
 import type { Database, SessionRow } from '../db/schema.js';
 import { markReady, targetOf, type Target } from '../db/sessions.js';
 import type { Metrics } from '../ops/metrics.js';
-import { probeSession, type ProbeResult } from './probe.js';
+import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
 
@@ -166,7 +166,7 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     if (signal.aborted) return;
     if (Date.now() >= renewAt && !(await renew())) return log.debug('session left provisioning or its lease moved on; probing stopped');
 
-    last = await probeSession(target, row.protocol, { allowed: config.targetAllowedCidrs, readyPaths: config.readyPaths, attemptTimeoutMs, signal });
+    last = await probeSession(target, row.protocol, { allowed: config.targetAllowedCidrs, readyPaths: config.readyPaths, attemptTimeoutMs, signal, ...storedCredentials(row, config) });
     if (signal.aborted) return;
     attempts++;
     metrics?.probes.labels(last.ok ? 'ok' : 'failed').inc();

@@ -8,6 +8,7 @@ import type { Config } from '../config.js';
 import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
 import { LiveRegistry } from './live-registry.js';
+import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
@@ -63,7 +64,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const proxy = createWsProxy();
   const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
-  const apiDeps = { config, db: store.db, tickets, publicUrl, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const screenshots = new Screenshots(config, store.db);
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -81,7 +83,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     } catch (error) {
       const failure = toGatewayError(error);
       // Only the path: the query may hold a ticket.
-      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' ? { err: failure.cause } : {}) }, failure.message);
+      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) }, failure.message);
       if (res.headersSent) return void res.destroy();
       sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
     }

@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
+import { databaseUnavailable } from '../db/failures.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { GatewayError, toGatewayError } from '../errors.js';
@@ -152,7 +153,7 @@ async function databaseStep<T>(step: Promise<T>): Promise<T> {
     return await step;
   } catch (error) {
     if (error instanceof GatewayError || error instanceof BrowserGone) throw error;
-    throw new GatewayError('DATABASE_UNAVAILABLE', 'the console database is unreachable; try again shortly', { cause: error });
+    throw databaseUnavailable(error);
   }
 }
 

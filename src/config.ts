@@ -38,6 +38,11 @@ export interface Config {
   readonly maxSessions: number;
   readonly reconciliationEnabled: boolean;
   readonly reconciliationIntervalSeconds: number;
+  readonly reconciliationUnreachableProbes: number;
+  readonly reconciliationNamespaces: readonly string[];
+  readonly sessionPendingTimeoutSeconds: number;
+  readonly portLeaseSeconds: number;
+  readonly portBindCheck: boolean;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
   readonly edge: EdgeConfig;
@@ -220,6 +225,11 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxSessions: num('VNC_MAX_SESSIONS', 800, 0),
     reconciliationEnabled: bool('RECONCILIATION_ENABLED', true),
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
+    reconciliationUnreachableProbes: num('RECONCILIATION_UNREACHABLE_PROBES', 3, 1, 1000),
+    reconciliationNamespaces: list('RECONCILIATION_NAMESPACES'),
+    sessionPendingTimeoutSeconds: num('SESSION_PENDING_TIMEOUT_SECONDS', 3600, 1),
+    portLeaseSeconds: num('PORT_LEASE_SECONDS', 3600, 1),
+    portBindCheck: bool('PORT_BIND_CHECK', false),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
     edge: readEdgeConfig({ str, num, bool, list, problems, allowedOrigins }),

@@ -69,7 +69,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
   const screenshots = new Screenshots(config, store.db);
-  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;

@@ -1,6 +1,7 @@
 // Prometheus metrics. One registry per gateway instance (tests run several in one process); labels
 // are closed sets (outcome codes, directions), never session ids, tickets or addresses.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createFleetMetrics, type FleetMetrics } from './fleet-metrics.js';
 
 /** Bytes piped, added to by the pump per chunk and read by the bytes counter at scrape time. */
 export interface Traffic {
@@ -24,6 +25,8 @@ export interface Metrics {
   readonly upgradePhaseSeconds: Histogram<'phase'>;
   readonly probeSeconds: Histogram<'result'>;
   readonly probeFailures: Counter<'kind'>;
+  /** The reconciler and the port pool. */
+  readonly fleet: FleetMetrics;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -117,5 +120,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       labelNames: ['kind'],
       registers,
     }),
+    fleet: createFleetMetrics(registers),
   };
 }

@@ -25,14 +25,6 @@ export const STATIC_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..',
 // The package's "exports" points at core/rfb.js; its root is two levels up.
 export const NOVNC_DIR = resolve(dirname(createRequire(import.meta.url).resolve('@novnc/novnc')), '..');
 
-const PAGE_HEADERS = {
-  'Cache-Control': 'no-store',
-  // The page holds a ticket in its URL until its script removes it: keep it out of Referer headers.
-  'Referrer-Policy': 'no-referrer',
-  'X-Content-Type-Options': 'nosniff',
-  'Content-Security-Policy':
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors *",
-};
 
 /**
  * Maps a URL path under `root` to a file path, or undefined for anything that is not a plain
@@ -60,7 +52,7 @@ function builtPage(): PageAssets | undefined {
 }
 
 /** Answers the built page and its hashed files; false when the path is not theirs. */
-function serveBuilt(req: IncomingMessage, res: ServerResponse, path: string): boolean {
+function serveBuilt(req: IncomingMessage, res: ServerResponse, path: string, pageHeaders: Record<string, string>): boolean {
   const assets = builtPage();
   if (assets === undefined) return false;
   const isPage = path === '/console' || path === '/console/';
@@ -71,19 +63,22 @@ function serveBuilt(req: IncomingMessage, res: ServerResponse, path: string): bo
   } else if (asset === undefined) {
     res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
   } else {
-    sendAsset(req, res, asset, isPage ? PAGE_HEADERS : { 'Cache-Control': IMMUTABLE, 'X-Content-Type-Options': 'nosniff' });
+    sendAsset(req, res, asset, isPage ? pageHeaders : { 'Cache-Control': IMMUTABLE, 'X-Content-Type-Options': 'nosniff' });
   }
   return true;
 }
 
-/** Answers GET/HEAD for /console, /assets/*, /static/* and /novnc/*; returns false when the path is not ours. */
-export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
-  if (serveBuilt(req, res, path)) return true;
+/**
+ * Answers GET/HEAD for /console, /assets/*, /static/* and /novnc/*; returns false when the path is
+ * not ours. `pageHeaders` go with the console page itself (page-policy.ts).
+ */
+export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string, pageHeaders: Record<string, string>): Promise<boolean> {
+  if (serveBuilt(req, res, path, pageHeaders)) return true;
   let file: string | undefined;
   let headers: Record<string, string>;
   if (path === '/console' || path === '/console/') {
     file = join(STATIC_DIR, 'console.html');
-    headers = PAGE_HEADERS;
+    headers = pageHeaders;
   } else if (path.startsWith('/static/')) {
     file = safeJoin(STATIC_DIR, path.slice('/static/'.length));
     headers = { 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' };

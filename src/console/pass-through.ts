@@ -232,10 +232,16 @@ class PassThrough implements Pump {
   // ---------------------------------------------------------------- browser → target
 
   private browserOnData(chunk: Buffer): void {
-    this.stats.lastActivity = Date.now();
     this.stats.up += chunk.length;
     this.options.traffic.up += chunk.length;
     if (this.upBroken) return;
+    // Answers to our pings are not activity: an idle console stays idle.
+    const frames = this.up.dataFrames;
+    this.forwardUp(chunk);
+    if (this.up.dataFrames !== frames) this.stats.lastActivity = Date.now();
+  }
+
+  private forwardUp(chunk: Buffer): void {
     if (this.options.viewOnly !== undefined) return this.filterUp(chunk);
     let at = 0;
     while (at < chunk.length) {

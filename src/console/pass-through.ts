@@ -150,13 +150,15 @@ class PassThrough implements Pump {
       if (this.targetSaid !== undefined) this.targetClosedFirst();
       else this.flushDown();
     }
+    // Our close frame went out mid-chunk: keep following the rest for the target's answer.
+    if (at < chunk.length) this.followDown(chunk.subarray(at));
   }
 
   /** After our close frame: only watch for the target's answer. */
   private followDown(chunk: Buffer): void {
     try {
       this.down.advance(chunk);
-    } catch (error) {
+    } catch {
       this.downBroken = true;
       this.target.destroy();
       return;

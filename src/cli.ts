@@ -23,7 +23,7 @@ const USAGE = `usage: console-gateway <command>
   session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]] [--password-file F | --password-stdin]
   session target ID --host H --port P [--path P] [--password-file F | --password-stdin]
   session stop ID
-  ticket ID [--ttl SECONDS] [--view-only]
+  ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
   ports status|allocate ID|release ID
   demo                                serve + a demo VNC server + a ready session`;
@@ -94,6 +94,7 @@ async function main(argv: string[]): Promise<number> {
     path: { type: 'string' },
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
+    exclusive: { type: 'boolean' },
     once: { type: 'boolean' },
     'password-file': { type: 'string' },
     'password-stdin': { type: 'boolean' },
@@ -190,7 +191,7 @@ async function main(argv: string[]): Promise<number> {
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
       if (values.ttl !== undefined && !/^\d+$/.test(values.ttl)) throw new UsageError('--ttl must be a whole number of seconds');
-      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}) };
+      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}), ...(values.exclusive ? { exclusive: true } : {}) };
       const publicUrl = config.publicUrl ?? `http://localhost:${config.port}`;
       print(await withControl(config, (deps) => mintTicketOp(deps, id, body, publicUrl)));
       return 0;

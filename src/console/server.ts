@@ -7,6 +7,8 @@ import { WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
 import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
+import { LiveRegistry } from './live-registry.js';
+import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
@@ -59,8 +61,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     handleProtocols: selectProtocol,
   });
   const proxy = createWsProxy();
+  const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
-  const apiDeps = { config, db: store.db, tickets, publicUrl, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const screenshots = new Screenshots(config, store.db);
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -78,7 +82,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     } catch (error) {
       const failure = toGatewayError(error);
       // Only the path: the query may hold a ticket.
-      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' ? { err: failure.cause } : {}) }, failure.message);
+      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) }, failure.message);
       if (res.headersSent) return void res.destroy();
       sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
     }
@@ -115,7 +119,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   server.on(
     'upgrade',
-    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, isDraining: () => draining }),
+    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, registry, isDraining: () => draining }),
   );
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -140,6 +144,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     const grace = Date.now() + CLOSE_GRACE_MS;
     while ((consoles.live.size > 0 || consoles.waiting.size > 0) && Date.now() < grace) await sleep(20);
     consoles.stop();
+    await registry.stop();
     const closed = new Promise((resolve) => server.close(resolve));
     // server.close() does not end upgraded sockets or idle keep-alive connections.
     for (const socket of sockets) socket.destroy();

@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
+import { databaseUnavailable } from '../db/failures.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { GatewayError, toGatewayError } from '../errors.js';
@@ -27,6 +28,7 @@ import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
+import type { LiveRegistry } from './live-registry.js';
 import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
@@ -38,6 +40,7 @@ export interface UpgradeDeps {
   metrics: Metrics;
   log: Logger;
   wss: WebSocketServer;
+  registry: LiveRegistry;
   proxy: WsProxy;
   isDraining(): boolean;
 }
@@ -63,7 +66,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   const { config, store, tickets, consoles, metrics } = deps;
-  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
+  const consoleId = randomBytes(6).toString('hex');
+  let log = deps.log.child({ consoleId });
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
@@ -110,17 +114,29 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
     const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
     if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
+    // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
+    const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
+      vm.destroy();
+      throw error;
+    });
     socket.off('close', browserGone);
-    if (session.protocol === 'websockify') {
-      const hostHeader = `${session.target_host}:${session.target_port}`;
-      const path = session.target_path ?? '/';
-      await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
-      answered = true;
-      await pipeRaw(deps, log, session.id, socket, vm, claims.viewOnly);
-    } else {
-      const ws = accept(deps.wss, req, socket, head);
-      answered = true;
-      await pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined });
+    try {
+      let running: Promise<void>;
+      if (session.protocol === 'websockify') {
+        const hostHeader = `${session.target_host}:${session.target_port}`;
+        const path = session.target_path ?? '/';
+        await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+        answered = true;
+        running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
+      } else {
+        const ws = accept(deps.wss, req, socket, head);
+        answered = true;
+        running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
+      }
+      claim.live();
+      await running;
+    } finally {
+      await claim.release();
     }
   } catch (error) {
     refuse(error);
@@ -137,7 +153,7 @@ async function databaseStep<T>(step: Promise<T>): Promise<T> {
     return await step;
   } catch (error) {
     if (error instanceof GatewayError || error instanceof BrowserGone) throw error;
-    throw new GatewayError('DATABASE_UNAVAILABLE', 'the console database is unreachable; try again shortly', { cause: error });
+    throw databaseUnavailable(error);
   }
 }
 
@@ -180,12 +196,15 @@ interface VncConsole {
   viewOnly: boolean;
   /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
   greet: boolean;
+  consoleId: string;
 }
 
 function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
   const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'vnc',
     start: (onStop) => {
       endOnBadFrames(c.ws, onStop);
@@ -195,10 +214,12 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsol
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
-  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, c: { viewOnly: boolean; consoleId: string }): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter() : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'websockify',
     start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });

@@ -65,5 +65,8 @@ export type SessionRow = Selectable<ConsoleSessionsTable>;
 export type NewSessionRow = Insertable<ConsoleSessionsTable>;
 export type SessionUpdate = Updateable<ConsoleSessionsTable>;
 
+/** Console takeover and kick, to every replica: "takeover:<session id>:<console id>", "kick:<session id>". */
+export const CONTROL_CHANNEL = 'console_control';
+
 /** The channel the console_sessions trigger notifies on; the payload is "<id>:<status>". */
 export const SESSION_CHANNEL = 'console_session';

@@ -56,7 +56,7 @@ describe('the console page when its console ends', () => {
     stopped = true;
     await gateway.stop();
     for (const { page } of pages) {
-      expect(await shown(page)).toEqual({ code: '1001', text: 'Disconnected: the gateway is shutting down; reconnect' });
+      expect(await shown(page)).toEqual({ code: '1001', text: 'Disconnected: the gateway is shutting down; reconnect — this is temporary: reload the page to try again' });
       await page.close();
     }
   });

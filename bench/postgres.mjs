@@ -3,13 +3,16 @@
 // synchronous commit on), so connects/s on it are what a production database would give.
 // As root, initdb refuses to run: the cluster then belongs to the `postgres` system user.
 import { execFileSync } from 'node:child_process';
-import { chownSync, mkdirSync } from 'node:fs';
+import { chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 
 const PG_BIN = process.env.BENCH_PG_BIN ?? '/usr/lib/postgresql/15/bin';
 
-export async function startPostgres(work, { startProcess, sleep }) {
+export async function startPostgres({ startProcess, sleep }) {
+  // Its own temp dir: the cluster's owner must be able to reach it (the bench's is root's, 0700).
+  const work = mkdtempSync(join(tmpdir(), 'cgw-bench-pg-'));
   const dataDir = join(work, 'pgdata');
   const sockDir = join(work, 'pgsock');
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -24,7 +27,7 @@ export async function startPostgres(work, { startProcess, sleep }) {
     chownSync(sockDir, uid, gid);
   }
   const [cmd, ...args] = as([join(PG_BIN, 'initdb'), '-D', dataDir, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-instructions']);
-  execFileSync(cmd, args, { stdio: 'ignore', cwd: dataDir });
+  execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dataDir });
   const server = startProcess('postgres', as([join(PG_BIN, 'postgres'), '-D', dataDir, '-k', sockDir, '-h', '', '-c', 'max_connections=200', '-c', 'log_min_messages=warning']), { cwd: dataDir });
   const url = `postgresql://postgres@localhost/postgres?host=${encodeURIComponent(sockDir)}`;
   for (let i = 0; i < 300; i++) {
@@ -32,7 +35,7 @@ export async function startPostgres(work, { startProcess, sleep }) {
     try {
       await client.connect();
       await client.end();
-      return { url, server };
+      return { url, server, remove: () => rmSync(work, { recursive: true, force: true }) };
     } catch {
       await client.end().catch(() => {});
       if (server.exited) break;

@@ -3,12 +3,14 @@
 // Usage: npm run build && node bench/run.mjs        (BENCH_QUICK=1 for a ~1-minute smoke run)
 // See bench/README.md for what each number means and the aims.
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createDatabase, startPostgres } from './postgres.mjs';
+import { expectedSha256 } from './stream.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -47,11 +49,14 @@ async function main() {
     rttCount: num('BENCH_RTT_N', 2000, 300),
     rttBytes: 32,
     connectSeconds: num('BENCH_CONNECT_SECONDS', 3, 1),
-    connectConcurrency: num('BENCH_CONNECT_CONCURRENCY', 16, 16),
+    connectConcurrency: num('BENCH_CONNECT_CONCURRENCY', 100, 100),
+    checksumMiB: num('BENCH_CHECKSUM_MIB', 1024, 64),
+    firstFrameReps: num('BENCH_FIRST_FRAME_REPS', 5, 2),
+    postgres: env.BENCH_POSTGRES !== '0',
     idleCounts: (env.BENCH_IDLE_COUNTS ?? (QUICK ? '200,1000' : '1000,10000')).split(',').map(Number),
     websockifyIdle: num('BENCH_WEBSOCKIFY_IDLE', 500, 100), // Debian websockify 0.10 refuses (1006) beyond ~508 concurrent consoles per instance
     cpuProfile: env.BENCH_CPU_PROFILE === '1',
-    phases: new Set((env.BENCH_PHASES ?? 'down,up,rtt,connects,idle,idlewsf').split(',')),
+    phases: new Set((env.BENCH_PHASES ?? 'firstframe,down,up,rtt,checksum,connects,idle,idlewsf').split(',')),
     modes: new Set((env.BENCH_MODES ?? 'raw,websockifyTarget').split(',')),
     databaseUrl: env.BENCH_DATABASE_URL,
   };
@@ -65,6 +70,7 @@ async function main() {
   const log = (...a) => process.stderr.write(`[bench] ${a.join(' ')}\n`);
   const results = { startedAt: new Date().toISOString(), config: { ...cfg, nofile, idleCounts }, host: hostInfo(), raw: {}, websockifyTarget: {}, idle: {}, notes: [] };
 
+  let pgAdmin; // a private PostgreSQL cluster, when postgresql-15 is installed
   try {
     // ----------------------------------------------------------------------- peers
     const vm = startProcess('vm', [process.execPath, join(HERE, 'vm-server.mjs')]);
@@ -73,25 +79,33 @@ async function main() {
 
     const SECRET = randomBytes(32).toString('hex');
     const CONTROL = randomBytes(16).toString('hex');
-    const gwEnv = (dataDir) => ({
+    const gwEnv = (dataDir, databaseUrl = cfg.databaseUrl) => ({
       ...cleanEnv(),
       HOST: '127.0.0.1',
       TICKET_SECRET: SECRET,
       CONTROL_TOKEN: CONTROL,
-      ...(cfg.databaseUrl ? { DATABASE_URL: cfg.databaseUrl } : { DATA_DIR: dataDir }),
+      ...(databaseUrl ? { DATABASE_URL: databaseUrl } : { DATA_DIR: dataDir }),
       TARGET_ALLOWED_CIDRS: '127.0.0.1/32',
       NOVNC_READY_GATING_ENABLED: 'false',
       LOG_LEVEL: env.BENCH_GATEWAY_LOG_LEVEL ?? 'warn',
       MAX_CONSOLES: '20000',
+      // The bench is one client address opening thousands of consoles on one session: no per-client,
+      // per-session or failed-upgrade limits.
+      MAX_CONSOLES_PER_CLIENT: '0',
+      MAX_CONSOLES_PER_SESSION: '0',
+      FAILED_UPGRADES_PER_MINUTE: '0',
+      OPS_PORT: '0',
     });
     // startListening passes the port to makeArgv; the gateway takes it from PORT, so wrap env per attempt.
-    const startGw = async (label, profileDir, extraNodeArgs = []) => {
+    const startGw = async (label, profileDir, extraNodeArgs = [], databaseUrl = undefined) => {
       const dataDir = join(work, `db-${label}`);
       mkdirSync(dataDir, { recursive: true });
       const nodeArgs = [...extraNodeArgs, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
       return startListening(`gateway-${label}`, (port) => ['env', `PORT=${port}`, process.execPath, ...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve'], {
-        env: gwEnv(dataDir),
+        env: gwEnv(dataDir, databaseUrl),
         pidsOf: (p) => [p.pid],
+        // A fresh embedded data directory is unpacked first: seconds, more on a busy machine.
+        timeoutMs: 180_000,
       });
     };
 
@@ -109,6 +123,28 @@ async function main() {
       return JSON.parse(text);
     };
     const vncSession = await api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port: vmPort } });
+
+    // The same gateway on PostgreSQL (a private cluster with default durability), for connects/s
+    // and memory on both databases.
+    let gwPg;
+    let pgSession;
+    let pgDatabases = 0;
+    const freshPgDatabase = async () => createDatabase(pgAdmin.url, `bench_${++pgDatabases}`);
+    if (cfg.postgres && !cfg.databaseUrl && existsSync('/usr/lib/postgresql/15/bin/postgres')) {
+      pgAdmin = await startPostgres(lib);
+      gwPg = await startGw('pg', undefined, [], await freshPgDatabase());
+      pgSession = await (await fetch(`http://127.0.0.1:${gwPg.port}/api/v1/sessions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ protocol: 'vnc', target: { host: '127.0.0.1', port: vmPort } }),
+      })).json();
+      log(`PostgreSQL pid ${pgAdmin.server.pid}; gateway on it pid ${gwPg.pid} on 127.0.0.1:${gwPg.port}`);
+    } else {
+      results.notes.push('no PostgreSQL run (BENCH_POSTGRES=0, BENCH_DATABASE_URL set, or postgresql-15 missing)');
+    }
+
+    const relay = await startListening('relay', (port) => [process.execPath, join(HERE, 'relay.mjs'), String(port), String(vmPort)]);
+    log(`ws+net relay pid ${relay.pid} on 127.0.0.1:${relay.port}`);
 
     const wsf = await startListening('websockify', (port) => ['/usr/bin/websockify', `127.0.0.1:${port}`, `127.0.0.1:${vmPort}`]);
     log(`websockify pid ${wsf.pid} on 127.0.0.1:${wsf.port}`);
@@ -141,6 +177,8 @@ async function main() {
       websockify: { label: 'websockify', open: () => openWs(`ws://127.0.0.1:${wsf.port}/`), pids: () => tree(wsf.pid) },
       gatewayToWsf: { label: 'gateway → websockify', open: async () => openWs(gwUrl(await ticketFor(wsfSession.id))), pids: () => [gw.pid], extraPids: () => tree(wsf.pid) },
       nginxToWsf: { label: 'nginx → websockify', open: () => openWs(`ws://127.0.0.1:${nginx.port}/`), pids: () => childrenOf(nginx.pid), extraPids: () => tree(wsf.pid) },
+      relay: { label: 'ws+net relay', open: () => openWs(`ws://127.0.0.1:${relay.port}/`), pids: () => [relay.pid] },
+      gatewayPg: { label: 'gateway on PostgreSQL', open: async () => openWs(`ws://127.0.0.1:${gwPg.port}/websockify?ticket=${await ticketFor(pgSession.id)}`), pids: () => [gwPg.pid], extraPids: () => tree(pgAdmin.server.pid) },
       wsfDirect: { label: 'websockify direct', open: () => openWs(`ws://127.0.0.1:${wsf.port}/`), pids: () => tree(wsf.pid), extraPids: () => tree(wsf.pid) },
     };
 
@@ -276,6 +314,7 @@ async function main() {
       let failed = 0;
       let firstError;
       const cpu0 = cpuOf(p.pids());
+      const xcpu0 = cpuOf(p.extraPids?.() ?? []);
       const t0 = performance.now();
       const deadline = t0 + seconds * 1000;
       const worker = async () => {
@@ -297,7 +336,8 @@ async function main() {
       const secs = (performance.now() - t0) / 1000;
       await sleep(300); // let the proxies finish tearing down before the CPU snapshot
       const cpu = cpuOf(p.pids()) - cpu0;
-      return { perSecond: ok / secs, failed, firstError, cpuMsPerConnect: ok ? (cpu * 1000) / ok : NaN };
+      const xcpu = cpuOf(p.extraPids?.() ?? []) - xcpu0;
+      return { perSecond: ok / secs, failed, firstError, cpuMsPerConnect: ok ? (cpu * 1000) / ok : NaN, extraCpuMsPerConnect: ok ? (xcpu * 1000) / ok : NaN };
     }
 
     const summarise = (runs) => {
@@ -309,7 +349,7 @@ async function main() {
 
     // Warm-up: JIT, database connection, websockify imports.
     log('warm-up');
-    for (const key of Object.keys(paths)) {
+    for (const key of Object.keys(paths).filter((k) => k !== 'gatewayPg')) {
       await measureDown(paths[key], 8 * MiB);
       await measureUp(paths[key], 4 * MiB);
       await measureRtt(paths[key], 100);
@@ -317,7 +357,7 @@ async function main() {
 
     const downBytes = cfg.downMiB * MiB;
     const upBytes = cfg.upMiB * MiB;
-    const modes = { raw: ['tcp', 'gateway', 'websockify'], websockifyTarget: ['wsfDirect', 'gatewayToWsf', 'nginxToWsf'] };
+    const modes = { raw: ['tcp', 'gateway', 'websockify', 'relay'], websockifyTarget: ['wsfDirect', 'gatewayToWsf', 'nginxToWsf'] };
     const none = { mibps: NaN, cpuPerGiB: NaN, userPerGiB: NaN, sysPerGiB: NaN, extraCpuPerGiB: NaN, p50us: NaN, p99us: NaN, perSecond: NaN, cpuMsPerConnect: NaN };
     // Repetitions are interleaved across the paths compared (rep 1 of A, B, C; rep 2 of A, B, C; …)
     // so a burst of unrelated load on the machine hits every path alike and the ratios stay fair.
@@ -353,18 +393,49 @@ async function main() {
     }
 
     if (cfg.phases.has('connects') && cfg.modes.has('raw')) {
-      const keys = ['tcp', 'gateway', 'websockify'];
+      const keys = ['tcp', 'gateway', ...(gwPg ? ['gatewayPg'] : []), 'websockify', 'relay'];
+      results.raw.gatewayPg ??= { label: paths.gatewayPg.label, down: none, up: none, rtt: none, connects: none };
       log(`connects/s: ${cfg.connectSeconds} s × ${cfg.reps}, ${cfg.connectConcurrency} at a time, interleaved`);
       const out = await interleaved(
         keys,
         (p) => measureConnects(p, cfg.connectSeconds, cfg.connectConcurrency),
-        (key) => (key === 'gateway' ? fillPool(vncSession.id, Math.ceil(cfg.connectSeconds * 2000)) : undefined),
+        (key) => (key === 'gateway' ? fillPool(vncSession.id, Math.ceil(cfg.connectSeconds * 2500)) : key === 'gatewayPg' ? fillPool(pgSession.id, Math.ceil(cfg.connectSeconds * 4000)) : undefined),
       );
       for (const key of keys) {
         const cr = (results.raw[key].connects = out[key]);
         log(`  ${paths[key].label}: ${cr.perSecond.toFixed(0)}/s (runs ${cr.runs.map((r) => r.perSecond.toFixed(0)).join(', ')}), ${cr.cpuMsPerConnect.toFixed(2)} CPU ms/connect, failed ${cr.runs.reduce((s, r) => s + r.failed, 0)} ${cr.runs.find((r) => r.firstError)?.firstError ?? ''}`);
       }
     }
+
+    if (cfg.phases.has('checksum')) {
+      const bytes = cfg.checksumMiB * MiB;
+      log(`checksum: ${cfg.checksumMiB} MiB VM → browser through the gateway, SHA-256 of every byte in order`);
+      const expected = expectedSha256(bytes);
+      const c = await paths.gateway.open();
+      await c.banner;
+      const hash = createHash('sha256');
+      let got = 0;
+      const cpu0 = cpuOf([gw.pid]);
+      const t0 = performance.now();
+      const done = new Promise((resolve, reject) => {
+        c.handler = (buf) => {
+          hash.update(got + buf.length > bytes ? buf.subarray(0, bytes - got) : buf);
+          got += buf.length;
+          if (got >= bytes) { c.handler = null; resolve(); }
+        };
+        c.failBanner = reject;
+      });
+      await cmd(c, `S ${bytes}\n`);
+      await done;
+      const secs = (performance.now() - t0) / 1000;
+      const cpu = cpuOf([gw.pid]) - cpu0;
+      c.destroy();
+      const sha = hash.digest('hex');
+      results.checksum = { bytes, received: got, ok: sha === expected && got === bytes, mibps: bytes / MiB / secs, cpuPerGiB: cpu / (bytes / GiB) };
+      log(`  ${results.checksum.ok ? 'identical' : 'DIFFERENT'}: ${got} bytes, ${results.checksum.mibps.toFixed(0)} MiB/s`);
+    }
+
+    if (cfg.phases.has('firstframe')) await measureFirstFrames(gw, api, SECRET);
 
     if (profileDir) {
       await stopProcess(gw, 15_000);
@@ -395,8 +466,13 @@ async function main() {
     };
 
     if (cfg.phases.has('idle')) {
-    log('idle memory: fresh gateway');
-    const gwIdle = await startGw('idle', undefined, ['--expose-gc', '--require', join(HERE, 'gc-on-signal.cjs')]);
+    const memoryRuns = [
+      { key: 'gateway', label: 'embedded', counts: idleCounts },
+      ...(pgAdmin ? [{ key: 'gatewayPg', label: 'PostgreSQL', counts: idleCounts.slice(0, 1), pg: true }] : []),
+    ];
+    for (const run of memoryRuns) {
+    log(`idle memory: fresh gateway on ${run.label === 'embedded' ? 'a fresh embedded data directory' : 'a fresh PostgreSQL database'}`);
+    const gwIdle = await startGw(`idle-${run.key}`, undefined, ['--expose-gc', '--require', join(HERE, 'gc-on-signal.cjs')], run.pg ? await freshPgDatabase() : undefined);
     const settledRss = async () => {
       // Full GC (bench/gc-on-signal.cjs), settle, three samples; the median is the reading.
       const samples = [];
@@ -407,6 +483,9 @@ async function main() {
       }
       return median(samples);
     };
+    // The idle serve as a new user meets it: started, nothing connected yet.
+    await sleep(2000);
+    const idleRss = await settledRss();
     const idleSession = await (async () => {
       const res = await fetch(`http://127.0.0.1:${gwIdle.port}/api/v1/sessions`, {
         method: 'POST',
@@ -425,18 +504,20 @@ async function main() {
       await sleep(1000);
       const base = await settledRss();
       const held = [];
-      results.idle.gateway = { baseRssKiB: base, points: [] };
-      for (const { requested, measured } of idleCounts) {
+      results.idle[run.key] = { idleRssKiB: idleRss, baseRssKiB: base, points: [] };
+      log(`  ${run.label}: idle serve RSS ${(idleRss / 1024).toFixed(0)} MiB; after 500 connects ${(base / 1024).toFixed(0)} MiB`);
+      for (const { requested, measured } of run.counts) {
         const r = await openIdle(gwIdlePath, measured, held);
         await sleep(1000);
         const rss = await settledRss();
         const point = { requested, consoles: r.open, rssKiB: rss, kibPerConsole: (rss - base) / r.open, failed: r.failed, firstError: r.firstError };
-        results.idle.gateway.points.push(point);
-        log(`  gateway: ${r.open} idle consoles: RSS ${(rss / 1024).toFixed(0)} MiB (base ${(base / 1024).toFixed(0)} MiB) → ${point.kibPerConsole.toFixed(1)} KiB/console${r.failed ? `, ${r.failed} failed (${r.firstError})` : ''}`);
+        results.idle[run.key].points.push(point);
+        log(`  ${run.label}: ${r.open} idle consoles: RSS ${(rss / 1024).toFixed(0)} MiB (base ${(base / 1024).toFixed(0)} MiB) → ${point.kibPerConsole.toFixed(1)} KiB/console${r.failed ? `, ${r.failed} failed (${r.firstError})` : ''}`);
       }
       for (const c of held) c?.destroy();
     }
     await stopProcess(gwIdle);
+    }
     }
 
     if (cfg.phases.has('idlewsf')) {
@@ -482,6 +563,7 @@ async function main() {
   } finally {
     await stopAll();
     rmSync(work, { recursive: true, force: true });
+    pgAdmin?.remove();
   }
 
   // ------------------------------------------------------------------------- helpers
@@ -490,6 +572,44 @@ async function main() {
     for (const k of ['PATH', 'HOME', 'LANG', 'TZ', 'NODE_OPTIONS']) if (env[k] !== undefined) out[k] = env[k];
     return out;
   }
+  /**
+   * Page load → first VNC frame in a fresh Chromium, against a real Xvnc: the gateway's bundled page
+   * (embedded database, ticket consumed) beside the same page served as stock noVNC 1.7 modules by
+   * websockify --web, interleaved.
+   */
+  async function measureFirstFrames(gw, api, SECRET) {
+    const { firstFrame } = await import('./first-frame.mjs');
+    const display = 100 + Math.floor(Math.random() * 800);
+    const xvnc = await lib.startListening('xvnc', (port) => ['/usr/bin/Xtigervnc', `:${display}`, '-rfbport', String(port), '-localhost', '-interface', '127.0.0.1', '-nolisten', 'tcp', '-SecurityTypes', 'None', '-AlwaysShared', '-BlacklistThreshold', '10000', '-geometry', '1024x768', '-depth', '24'], { pidsOf: (p) => lib.tree(p.pid) });
+    // The stock layout: the page's own files and noVNC's modules side by side, as websockify serves them.
+    const web = join(work, 'web');
+    mkdirSync(join(web, 'novnc'), { recursive: true });
+    cpSync(join(ROOT, 'static'), join(web, 'static'), { recursive: true });
+    cpSync(join(ROOT, 'static', 'console.html'), join(web, 'console.html'));
+    for (const dir of ['core', 'vendor']) symlinkSync(join(ROOT, 'node_modules', '@novnc', 'novnc', dir), join(web, 'novnc', dir));
+    const stock = await startListening('websockify-web', (port) => ['/usr/bin/websockify', '--web', web, `127.0.0.1:${port}`, `127.0.0.1:${xvnc.port}`]);
+    const session = await api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port: xvnc.port } });
+    const urls = {
+      gateway: async () => `http://127.0.0.1:${gw.port}/console?ticket=${(await mintTicket({ sessionId: session.id, key: SECRET, ttlSeconds: 120 })).ticket}`,
+      stock: async () => `http://127.0.0.1:${stock.port}/console.html?ticket=a.b.c`,
+    };
+    log(`first frame in Chromium: ${cfg.firstFrameReps} × (gateway bundle, stock noVNC modules via websockify), a fresh browser each`);
+    const runs = { gateway: [], stock: [] };
+    try {
+      await firstFrame(await urls.stock()); // warm the OS page cache for Chromium itself
+      for (let i = 0; i < cfg.firstFrameReps; i++) {
+        for (const key of ['gateway', 'stock']) runs[key].push(await firstFrame(await urls[key]()));
+      }
+    } finally {
+      await stopProcess(stock);
+      await stopProcess(xvnc);
+    }
+    results.firstFrame = Object.fromEntries(
+      Object.entries(runs).map(([k, r]) => [k, { ms: median(r.map((x) => x.ms)), requests: median(r.map((x) => x.requests)), runs: r }]),
+    );
+    log(`  gateway ${results.firstFrame.gateway.ms.toFixed(0)} ms (${results.firstFrame.gateway.requests} requests), stock ${results.firstFrame.stock.ms.toFixed(0)} ms (${results.firstFrame.stock.requests} requests); runs ${runs.gateway.map((x) => x.ms.toFixed(0)).join('/')} vs ${runs.stock.map((x) => x.ms.toFixed(0)).join('/')}`);
+  }
+
   async function waitJsonPort(proc) {
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
@@ -530,6 +650,22 @@ http {
   }
 }
 
+/** The capacity model: what one core, one replica and one PostgreSQL carry, from this run's figures. */
+function capacity(r) {
+  const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+  const g = r.raw.gateway, gp = r.raw.gatewayPg;
+  const gibPerCore = 1 / g.down.cpuPerGiB;
+  const idle = (r.idle.gateway?.points ?? []).at(-1);
+  const kib = idle?.kibPerConsole ?? NaN;
+  const out = ['Capacity model (per core of this machine; see README "Performance")'];
+  out.push(`  VM → browser: ${f(gibPerCore, 2)} GiB/s per core (1 / ${f(g.down.cpuPerGiB, 2)} CPU s/GiB); browser → VM ${f(1 / g.up.cpuPerGiB, 2)} GiB/s per core`);
+  out.push(`  active consoles per core at 1 MiB/s each (a busy desktop): ${f((gibPerCore * 1024) / 1)}; at 100 KiB/s (typing, a terminal): ${f((gibPerCore * 1024 * 1024) / 100)}`);
+  out.push(`  memory: ${f(kib, 1)} KiB per idle console (@${idle?.consoles ?? '?'}), so ${f((1024 * 1024) / kib)} idle consoles per GiB above the idle process (${f((r.idle.gateway?.idleRssKiB ?? NaN) / 1024)} MiB embedded, ${f((r.idle.gatewayPg?.idleRssKiB ?? NaN) / 1024)} MiB on PostgreSQL); a streaming console adds one 64 KiB read buffer and up to 256 KiB queued for a slow browser`);
+  out.push(`  connects: ${f(1000 / g.connects.cpuMsPerConnect)}/s per gateway core embedded (${f(g.connects.cpuMsPerConnect, 2)} ms each; one replica, one process)` + (gp && Number.isFinite(gp.connects.cpuMsPerConnect) ? `, ${f(1000 / gp.connects.cpuMsPerConnect)}/s per gateway core on PostgreSQL (${f(gp.connects.cpuMsPerConnect, 2)} ms)` : ''));
+  if (gp && Number.isFinite(gp.connects.extraCpuMsPerConnect)) out.push(`  PostgreSQL: ${f(gp.connects.extraCpuMsPerConnect, 3)} CPU ms per connect (one group-committed statement per batch), so ~${f(1000 / gp.connects.extraCpuMsPerConnect)} connects/s per PostgreSQL core before it is the limit`);
+  return out;
+}
+
 function hostInfo() {
   return { node: process.version, platform: process.platform, arch: process.arch };
 }
@@ -540,39 +676,65 @@ function render(r, cfg) {
   const verdict = (ok, x) => (Number.isNaN(x) ? '' : ok ? 'PASS' : 'MISS');
   const lines = [];
   const row = (cells, widths) => cells.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd();
-  const W = [34, 12, 16, 12, 24];
+  const W = [36, 10, 16, 11, 12, 34];
   const raw = r.raw;
   lines.push('');
-  lines.push(`console-gateway benchmark — medians of ${cfg.reps} runs (${cfg.quick ? 'QUICK' : 'full'}: down ${cfg.downMiB} MiB, up ${cfg.upMiB} MiB in ${cfg.upFrameBytes / 1024} KiB frames, ${cfg.rttCount} × ${cfg.rttBytes}-byte round trips, connects ${cfg.connectSeconds} s × ${cfg.connectConcurrency} concurrent)`);
+  lines.push(`console-gateway benchmark — medians of ${cfg.reps} runs (${cfg.quick ? 'QUICK' : 'full'}: down ${cfg.downMiB} MiB, up ${cfg.upMiB} MiB in ${cfg.upFrameBytes / 1024} KiB frames, ${cfg.rttCount} × ${cfg.rttBytes}-byte round trips, connects ${cfg.connectSeconds} s × ${cfg.connectConcurrency} in flight)`);
   lines.push('');
-  lines.push('1. Raw-TCP mode: client → proxy → TCP "VM"');
-  lines.push(row(['metric', 'plain TCP', 'console-gateway', 'websockify', 'gateway/websockify  aim'], W));
-  lines.push(row(['-'.repeat(34), '-'.repeat(12), '-'.repeat(16), '-'.repeat(12), '-'.repeat(24)], W));
-  const t = raw.tcp, g = raw.gateway, w = raw.websockify;
-  lines.push(row(['downstream MiB/s', f(t.down.mibps), f(g.down.mibps), f(w.down.mibps), `${f(ratio(g.down.mibps, w.down.mibps), 2)}×`], W));
-  lines.push(row(['upstream MiB/s', f(t.up.mibps), f(g.up.mibps), f(w.up.mibps), `${f(ratio(g.up.mibps, w.up.mibps), 2)}×`], W));
+  lines.push('1. Raw-TCP mode: client → proxy → TCP "VM" (gateway on the embedded database unless marked)');
+  lines.push(row(['metric', 'plain TCP', 'console-gateway', 'websockify', 'ws+net relay', 'ratio  aim'], W));
+  lines.push(row(W.map((w) => '-'.repeat(w)), W));
+  const t = raw.tcp, g = raw.gateway, w = raw.websockify, rl = raw.relay;
+  const dm = ratio(g.down.mibps, w.down.mibps);
+  lines.push(row(['downstream MiB/s', f(t.down.mibps), f(g.down.mibps), f(w.down.mibps), f(rl.down.mibps), `${f(dm, 2)}× wsf  ≥1.30× ${verdict(dm >= 1.3, dm)}`], W));
+  lines.push(row(['upstream MiB/s', f(t.up.mibps), f(g.up.mibps), f(w.up.mibps), f(rl.up.mibps), `${f(ratio(g.up.mibps, w.up.mibps), 2)}× wsf`], W));
   const cd = ratio(g.down.cpuPerGiB, w.down.cpuPerGiB);
+  const cdr = ratio(g.down.cpuPerGiB, rl.down.cpuPerGiB);
   const cu = ratio(g.up.cpuPerGiB, w.up.cpuPerGiB);
-  lines.push(row(['proxy CPU s/GiB downstream', '-', f(g.down.cpuPerGiB, 2), f(w.down.cpuPerGiB, 2), `${f(cd, 2)}×  ≤0.70× ${verdict(cd <= 0.7, cd)}`], W));
-  lines.push(row(['proxy CPU s/GiB upstream', '-', f(g.up.cpuPerGiB, 2), f(w.up.cpuPerGiB, 2), `${f(cu, 2)}×  ≤0.30× ${verdict(cu <= 0.3, cu)}`], W));
+  lines.push(row(['proxy CPU s/GiB downstream', '-', f(g.down.cpuPerGiB, 2), f(w.down.cpuPerGiB, 2), f(rl.down.cpuPerGiB, 2), `${f(cd, 2)}× wsf  ≤0.70× ${verdict(cd <= 0.7, cd)}`], W));
+  lines.push(row(['', '', '', '', '', `${f(cdr, 2)}× relay  ≤0.80× ${verdict(cdr <= 0.8, cdr)}`], W));
+  lines.push(row(['proxy CPU s/GiB upstream', '-', f(g.up.cpuPerGiB, 2), f(w.up.cpuPerGiB, 2), f(rl.up.cpuPerGiB, 2), `${f(cu, 2)}× wsf  ≤0.30× ${verdict(cu <= 0.3, cu)}`], W));
+  lines.push(row(['  of which user / sys, down', '-', `${f(g.down.userPerGiB, 2)} / ${f(g.down.sysPerGiB, 2)}`, `${f(w.down.userPerGiB, 2)} / ${f(w.down.sysPerGiB, 2)}`, `${f(rl.down.userPerGiB, 2)} / ${f(rl.down.sysPerGiB, 2)}`, ''], W));
+  lines.push(row(['  of which user / sys, up', '-', `${f(g.up.userPerGiB, 2)} / ${f(g.up.sysPerGiB, 2)}`, `${f(w.up.userPerGiB, 2)} / ${f(w.up.sysPerGiB, 2)}`, `${f(rl.up.userPerGiB, 2)} / ${f(rl.up.sysPerGiB, 2)}`, ''], W));
   const rp = ratio(g.rtt.p50us, w.rtt.p50us);
-  lines.push(row(['  of which user / sys, down', '-', `${f(g.down.userPerGiB, 2)} / ${f(g.down.sysPerGiB, 2)}`, `${f(w.down.userPerGiB, 2)} / ${f(w.down.sysPerGiB, 2)}`, ''], W));
-  lines.push(row(['  of which user / sys, up', '-', `${f(g.up.userPerGiB, 2)} / ${f(g.up.sysPerGiB, 2)}`, `${f(w.up.userPerGiB, 2)} / ${f(w.up.sysPerGiB, 2)}`, ''], W));
-  lines.push(row([`${cfg.rttBytes}-byte RTT p50 µs`, f(t.rtt.p50us), f(g.rtt.p50us), f(w.rtt.p50us), `${f(rp, 2)}×  ≤1.00× ${verdict(rp <= 1, rp)}`], W));
-  lines.push(row([`${cfg.rttBytes}-byte RTT p99 µs`, f(t.rtt.p99us), f(g.rtt.p99us), f(w.rtt.p99us), `${f(ratio(g.rtt.p99us, w.rtt.p99us), 2)}×`], W));
+  lines.push(row([`${cfg.rttBytes}-byte RTT p50 µs`, f(t.rtt.p50us), f(g.rtt.p50us), f(w.rtt.p50us), f(rl.rtt.p50us), `${f(rp, 2)}× wsf  ≤1.00× ${verdict(rp <= 1, rp)}`], W));
+  lines.push(row([`${cfg.rttBytes}-byte RTT p99 µs`, f(t.rtt.p99us), f(g.rtt.p99us), f(w.rtt.p99us), f(rl.rtt.p99us), `${f(ratio(g.rtt.p99us, w.rtt.p99us), 2)}× wsf`], W));
+  if (r.checksum) {
+    lines.push(row([`${f(r.checksum.bytes / 2 ** 20)} MiB checksum VM → browser`, '', r.checksum.ok ? 'identical' : 'DIFFERENT', '', '', `${f(r.checksum.mibps)} MiB/s  ${r.checksum.ok ? 'PASS' : 'MISS'}`], W));
+  }
   const cr = ratio(g.connects.perSecond, w.connects.perSecond);
-  lines.push(row(['connects/s (gateway: ticket+DB)', f(t.connects.perSecond), f(g.connects.perSecond), f(w.connects.perSecond), `${f(cr, 2)}×  ≥2.00× ${verdict(cr >= 2, cr)}`], W));
-  lines.push(row(['proxy CPU ms per connect', '-', f(g.connects.cpuMsPerConnect, 2), f(w.connects.cpuMsPerConnect, 2), `${f(ratio(g.connects.cpuMsPerConnect, w.connects.cpuMsPerConnect), 2)}×`], W));
-  for (const p of r.idle.gateway?.points ?? []) {
-    const note = p.consoles !== p.requested ? ` (asked ${p.requested}; fd limit)` : '';
-    lines.push(row([`KiB per idle console @${p.consoles}${note}`, '-', f(p.kibPerConsole, 1), '', `≤16 KiB ${verdict(p.kibPerConsole <= 16, p.kibPerConsole)}`], [W[0] + (note ? 0 : 0), W[1], W[2], W[3], W[4]]));
+  lines.push(row(['connects/s, embedded (ticket+DB)', f(t.connects.perSecond), f(g.connects.perSecond), f(w.connects.perSecond), f(rl.connects.perSecond), `${f(cr, 2)}× wsf ≥4.00× ${verdict(cr >= 4, cr)}; ≥600 ${verdict(g.connects.perSecond >= 600, g.connects.perSecond)}`], W));
+  const gp = raw.gatewayPg;
+  if (gp && Number.isFinite(gp.connects.perSecond)) {
+    const crp = ratio(gp.connects.perSecond, w.connects.perSecond);
+    lines.push(row(['connects/s, on PostgreSQL', '', f(gp.connects.perSecond), '', '', `${f(crp, 2)}× wsf ≥4.00× ${verdict(crp >= 4, crp)}; ≥1000 ${verdict(gp.connects.perSecond >= 1000, gp.connects.perSecond)}`], W));
+  }
+  lines.push(row(['proxy CPU ms per connect, embedded', '-', f(g.connects.cpuMsPerConnect, 2), f(w.connects.cpuMsPerConnect, 2), f(rl.connects.cpuMsPerConnect, 2), `≤3 ms ${verdict(g.connects.cpuMsPerConnect <= 3, g.connects.cpuMsPerConnect)}`], W));
+  if (gp && Number.isFinite(gp.connects.perSecond)) {
+    lines.push(row(['proxy CPU ms per connect, PostgreSQL', '-', f(gp.connects.cpuMsPerConnect, 2), '', '', `≤3 ms ${verdict(gp.connects.cpuMsPerConnect <= 3, gp.connects.cpuMsPerConnect)}; PostgreSQL ${f(gp.connects.extraCpuMsPerConnect, 2)} ms`], W));
+  }
+  for (const [key, label] of [['gateway', 'embedded'], ['gatewayPg', 'PostgreSQL']]) {
+    for (const p of r.idle[key]?.points ?? []) {
+      const note = p.consoles !== p.requested ? ` (fd cap)` : '';
+      lines.push(row([`KiB per idle console @${p.consoles}, ${label}${note}`, '-', f(p.kibPerConsole, 1), '', '', `≤16 KiB ${verdict(p.kibPerConsole <= 16, p.kibPerConsole)}`], W));
+    }
   }
   const wi = r.idle.websockify;
-  if (wi) {
-    lines.push(row([`websockify KiB/idle console @${wi.consoles}`, '-', '', `${f(wi.kibPerConsolePss)} PSS`, `(${f(wi.kibPerConsoleRss)} KiB summed RSS, ${wi.processes} processes)`], W));
-    const g1 = r.idle.gateway?.points.find((p) => p.consoles <= wi.consoles * 1.5) ?? r.idle.gateway?.points[0];
-    if (g1) lines.push(row(['  websockify PSS / gateway RSS per console', '', '', '', `${f(wi.kibPerConsolePss / g1.kibPerConsole, 0)}× (gateway @${g1.consoles})`], W));
+  if (wi) lines.push(row([`websockify KiB/idle console @${wi.consoles}`, '-', '', `${f(wi.kibPerConsolePss)} PSS`, '', `(${f(wi.kibPerConsoleRss)} KiB summed RSS, ${wi.processes} processes)`], W));
+  const ie = r.idle.gateway, ip = r.idle.gatewayPg;
+  if (ie && ip) {
+    const mr = ratio(ie.idleRssKiB, ip.idleRssKiB);
+    const at = (x) => x.points[0] ? `, ${f(x.points[0].rssKiB / 1024)} MiB with ${x.points[0].consoles} idle consoles` : '';
+    lines.push(row(['idle serve RSS MiB, embedded / PG', '', `${f(ie.idleRssKiB / 1024)} / ${f(ip.idleRssKiB / 1024)}`, '', '', `${f(mr, 2)}×  ≤2.60× ${verdict(mr <= 2.6, mr)}`], W));
+    lines.push(`    embedded${at(ie)}; PostgreSQL${at(ip)}`);
   }
+  const ff = r.firstFrame;
+  if (ff) {
+    const fr = ratio(ff.gateway.ms, ff.stock.ms);
+    lines.push(row(['first frame ms in Chromium (page load)', '', `${f(ff.gateway.ms)} (${f(ff.gateway.requests)} req)`, `${f(ff.stock.ms)} stock`, `(${f(ff.stock.requests)} req)`, `${f(fr, 2)}× stock  ≤0.50× ${verdict(fr <= 0.5, fr)}`], W));
+  }
+  lines.push('');
+  lines.push(...capacity(r));
   lines.push('');
   lines.push('2. websockify-target mode: client → proxy → Debian websockify → TCP "VM"');
   const W2 = [34, 16, 16, 16, 24];

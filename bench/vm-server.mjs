@@ -3,9 +3,11 @@
 //   "D <n>\n"  send n bytes downstream, then stay open
 //   "U <n>\n"  read n bytes (everything after the newline), then answer "K"
 //   "E\n"      echo every byte back
+//   "S <n>\n"  send the first n bytes of the checksum stream (stream.mjs), then stay open
 // A connection that sends nothing stays idle (the idle-console measurement).
 // Prints {"port": N} on stdout once listening on 127.0.0.1:0.
 import { createServer } from 'node:net';
+import { BLOCK, block } from './stream.mjs';
 
 const BANNER = Buffer.from('RFB 003.008\n');
 const FILL = Buffer.alloc(256 * 1024, 0x5a);
@@ -32,6 +34,7 @@ const server = createServer({ noDelay: true }, (socket) => {
     head = Buffer.alloc(0);
     if (cmd === 'D') { mode = 'D'; sendDown(socket, Number(arg)); }
     else if (cmd === 'U') { mode = 'U'; remaining = Number(arg); if (rest.length) onData(rest); else if (remaining <= 0) { mode = 'done'; socket.write('K'); } }
+    else if (cmd === 'S') { mode = 'S'; sendStream(socket, Number(arg)); }
     else if (cmd === 'E') { mode = 'E'; if (rest.length) socket.write(rest); }
     else socket.destroy();
   };
@@ -45,6 +48,20 @@ function sendDown(socket, total) {
       const n = Math.min(left, FILL.length);
       left -= n;
       if (!socket.write(n === FILL.length ? FILL : FILL.subarray(0, n))) { socket.once('drain', pump); return; }
+    }
+  };
+  pump();
+}
+
+function sendStream(socket, total) {
+  let i = 0;
+  let left = total;
+  const pump = () => {
+    while (left > 0) {
+      const n = Math.min(left, BLOCK);
+      const b = block(i++);
+      left -= n;
+      if (!socket.write(n === BLOCK ? b : b.subarray(0, n))) { socket.once('drain', pump); return; }
     }
   };
   pump();

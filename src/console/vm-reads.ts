@@ -61,12 +61,15 @@ export class VmReads {
   }
 
   /**
-   * Until a pump takes over, reads become ordinary stream data (a copy), so handshake code that
+   * Until a pump takes over, reads become ordinary stream data, so handshake code that
    * listens for 'data', pipes, pauses or unshifts works on this socket as on any other.
    */
   private readonly streamRead = (nread: number, view: Buffer): boolean => {
-    this.next = SHARED_VIEW;
-    return this.socket!.push(Buffer.from(view.subarray(0, nread)));
+    // A buffer of its own is handed on whole; the shared one is copied out of.
+    const chunk = view === SHARED_VIEW ? Buffer.from(view.subarray(0, nread)) : view.subarray(0, nread);
+    // Streaming (the read filled its buffer): the next read gets a full-size buffer of its own.
+    this.next = nread === view.length ? Buffer.allocUnsafe(SLAB_SIZE) : SHARED_VIEW;
+    return this.socket!.push(chunk);
   };
 
   /**

@@ -50,6 +50,7 @@ async function main() {
     rttBytes: 32,
     connectSeconds: num('BENCH_CONNECT_SECONDS', 3, 1),
     connectConcurrency: num('BENCH_CONNECT_CONCURRENCY', 100, 100),
+    connectSessions: num('BENCH_CONNECT_SESSIONS', 100, 100),
     checksumMiB: num('BENCH_CHECKSUM_MIB', 1024, 64),
     firstFrameReps: num('BENCH_FIRST_FRAME_REPS', 5, 2),
     postgres: env.BENCH_POSTGRES !== '0',
@@ -395,12 +396,35 @@ async function main() {
     if (cfg.phases.has('connects') && cfg.modes.has('raw')) {
       const keys = ['tcp', 'gateway', ...(gwPg ? ['gatewayPg'] : []), 'websockify', 'relay'];
       results.raw.gatewayPg ??= { label: paths.gatewayPg.label, down: none, up: none, rtt: none, connects: none };
-      log(`connects/s: ${cfg.connectSeconds} s × ${cfg.reps}, ${cfg.connectConcurrency} at a time, interleaved`);
+      // A fleet: the connects go to cfg.connectSessions sessions (one VM each in real life), round
+      // robin, not all to one session, whose consoles a gateway registers one at a time.
+      const fleet = async (port) => {
+        const ids = [];
+        for (let i = 0; i < cfg.connectSessions; i++) {
+          const res = await fetch(`http://127.0.0.1:${port}/api/v1/sessions`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ protocol: 'vnc', target: { host: '127.0.0.1', port: vmPort } }),
+          });
+          ids.push((await res.json()).id);
+        }
+        return { ids, pool: [] };
+      };
+      const fleets = { gateway: await fleet(gw.port), ...(gwPg ? { gatewayPg: await fleet(gwPg.port) } : {}) };
+      const fillFleet = async (f, n) => {
+        for (let i = f.pool.length; i < n; i++) f.pool.push((await mintTicket({ sessionId: f.ids[i % f.ids.length], key: SECRET, ttlSeconds: 300 })).ticket);
+      };
+      const saved = { gateway: paths.gateway.open, gatewayPg: paths.gatewayPg.open };
+      paths.gateway.open = () => openWs(gwUrl(fleets.gateway.pool.pop()));
+      if (gwPg) paths.gatewayPg.open = () => openWs(`ws://127.0.0.1:${gwPg.port}/websockify?ticket=${fleets.gatewayPg.pool.pop()}`);
+      log(`connects/s: ${cfg.connectSeconds} s × ${cfg.reps}, ${cfg.connectConcurrency} at a time over ${cfg.connectSessions} sessions, interleaved`);
       const out = await interleaved(
         keys,
         (p) => measureConnects(p, cfg.connectSeconds, cfg.connectConcurrency),
-        (key) => (key === 'gateway' ? fillPool(vncSession.id, Math.ceil(cfg.connectSeconds * 2500)) : key === 'gatewayPg' ? fillPool(pgSession.id, Math.ceil(cfg.connectSeconds * 4000)) : undefined),
+        (key) => (fleets[key] ? fillFleet(fleets[key], Math.ceil(cfg.connectSeconds * (key === 'gateway' ? 2500 : 4000))) : undefined),
       );
+      Object.assign(paths.gateway, { open: saved.gateway });
+      Object.assign(paths.gatewayPg, { open: saved.gatewayPg });
       for (const key of keys) {
         const cr = (results.raw[key].connects = out[key]);
         log(`  ${paths[key].label}: ${cr.perSecond.toFixed(0)}/s (runs ${cr.runs.map((r) => r.perSecond.toFixed(0)).join(', ')}), ${cr.cpuMsPerConnect.toFixed(2)} CPU ms/connect, failed ${cr.runs.reduce((s, r) => s + r.failed, 0)} ${cr.runs.find((r) => r.firstError)?.firstError ?? ''}`);

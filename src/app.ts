@@ -11,7 +11,12 @@ import { createMetrics, type Metrics } from './ops/metrics.js';
 import { startGateway, type Gateway } from './console/server.js';
 import { Tickets, readJwksFile } from './console/ticket.js';
 import { startGate } from './fleet/gate.js';
-import { createTeardown, runtimeHookFromConfig } from './fleet/runtime-hook.js';
+import { runtimeHookFromConfig, type RuntimeHook } from './fleet/runtime-hook.js';
+import { runPass, startReconciler, type PassSummary, type Reconciler } from './fleet/reconciler.js';
+import type { FleetMetrics } from './ops/fleet-metrics.js';
+import { claimMsFor, cleanupSession } from './fleet/cleanup.js';
+import { actorName } from './db/audit.js';
+import type { ControlDeps } from './control/control.js';
 
 /** Opens the database (migrating it unless MIGRATE_ON_START=false) for a command. */
 export async function openDatabase(config: Config, log: Logger, listen = false): Promise<Store> {
@@ -46,6 +51,10 @@ export interface Running {
   readonly store: Store;
   readonly metrics: Metrics;
   readonly tickets: Tickets;
+  /** What the control operations need, for in-process callers (the demo, the admin socket). */
+  readonly control: ControlDeps;
+  /** The in-process reconciler; undefined with RECONCILIATION_ENABLED=false. */
+  readonly reconciler: Reconciler | undefined;
   stop(): Promise<void>;
 }
 
@@ -64,6 +73,58 @@ export async function startGateOnly(config: Config, log: Logger): Promise<{ stop
   };
 }
 
+/**
+ * `reconcile`: the reconciler alone, a pass every RECONCILIATION_INTERVAL seconds. The returned
+ * reconciler's `ready` resolves after the first pass and `metrics` holds its registry.
+ */
+export async function startReconcileOnly(config: Config, log: Logger, dryRun = false): Promise<{ reconciler: Reconciler; metrics: Metrics; stop(): Promise<void> }> {
+  const store = await openDatabase(config, log);
+  const metrics = createMetrics();
+  metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
+  const hook = runtimeHookFromConfig(config, log);
+  const reconciler = startReconciler({ db: store.db, kind: store.kind, config, log, metrics: metrics.fleet, ...(hook ? { hook } : {}) }, config.reconciliationIntervalSeconds * 1000, { dryRun });
+  return {
+    reconciler,
+    metrics,
+    async stop() {
+      await reconciler.stop();
+      await store.close();
+    },
+  };
+}
+
+/** `reconcile --once`: one pass (or a skip, when another reconciler runs one) and its summary. */
+export async function reconcileOnce(config: Config, log: Logger, dryRun: boolean): Promise<PassSummary> {
+  const store = await openDatabase(config, log);
+  try {
+    const hook = runtimeHookFromConfig(config, log);
+    return await runPass({ db: store.db, kind: store.kind, config, log, ...(hook ? { hook } : {}) }, { dryRun });
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * The reconciler every RECONCILIATION_INTERVAL seconds; with it disabled, consumed tickets are
+ * still forgotten an hour after they expire.
+ */
+function startHousekeeping(
+  config: Config,
+  store: Store,
+  log: Logger,
+  extra: { metrics: FleetMetrics; hook?: RuntimeHook },
+): { reconciler: Reconciler | undefined; stop(): Promise<void> } {
+  if (config.reconciliationEnabled) {
+    const reconciler = startReconciler({ db: store.db, kind: store.kind, config, log, ...extra }, config.reconciliationIntervalSeconds * 1000);
+    return { reconciler, stop: () => reconciler.stop() };
+  }
+  const purge = setInterval(() => {
+    purgeConsumedTickets(store.db, 3600).catch((error) => log.warn({ err: error }, 'purging consumed tickets failed'));
+  }, PURGE_INTERVAL_MS);
+  purge.unref();
+  return { reconciler: undefined, stop: async () => clearInterval(purge) };
+}
+
 /** `serve`: the gateway plus its in-process workers. */
 export async function startServe(config: Config, log: Logger): Promise<Running> {
   const store = await openDatabase(config, log, true);
@@ -72,22 +133,22 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
     const metrics = createMetrics();
     metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
     const hook = runtimeHookFromConfig(config, log);
-    const teardown = hook === undefined ? undefined : createTeardown(hook, log);
-    const gateway = await startGateway({ config, store, tickets, metrics, log, ...(teardown ? { teardown } : {}) });
+    const cleanupDeps = { db: store.db, log, actor: actorName('api'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) };
+    const cleanup = (id: string, reason?: string) => cleanupSession(cleanupDeps, id, reason);
+    const gateway = await startGateway({ config, store, tickets, metrics, log, cleanup });
     const gate = config.gateEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
-    const purge = setInterval(() => {
-      purgeConsumedTickets(store.db).catch((error) => log.warn({ err: error }, 'purging consumed tickets failed'));
-    }, PURGE_INTERVAL_MS);
-    purge.unref();
+    const housekeeping = startHousekeeping(config, store, log, { metrics: metrics.fleet, ...(hook ? { hook } : {}) });
     let stopping: Promise<void> | undefined;
     return {
       gateway,
       store,
       metrics,
       tickets,
+      control: { config, db: store.db, tickets, cleanup, fleetMetrics: metrics.fleet },
+      reconciler: housekeeping.reconciler,
       stop: () =>
         (stopping ??= (async () => {
-          clearInterval(purge);
+          await housekeeping.stop();
           await gate?.stop();
           await gateway.close();
           await store.close();

@@ -6,9 +6,12 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger } from './ops/log.js';
-import { createTickets, openDatabase, startGateOnly, startServe } from './app.js';
+import { createTickets, openDatabase, reconcileOnce, startGateOnly, startReconcileOnly, startServe } from './app.js';
+import { passFailed } from './fleet/reconciler.js';
 import { diagnose } from './control/diagnose.js';
-import { createTeardown, runtimeHookFromConfig } from './fleet/runtime-hook.js';
+import { runtimeHookFromConfig } from './fleet/runtime-hook.js';
+import { claimMsFor, cleanupSession } from './fleet/cleanup.js';
+import { actorName } from './db/audit.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore } from './db/open.js';
 import { allocatePortOp, poolOp, releasePortOp } from './control/port-ops.js';
@@ -25,6 +28,7 @@ const USAGE = `usage: console-gateway <command>
   session stop ID
   ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
+  reconcile [--once] [--dry-run]      the reconciliation worker; --once: one pass, its JSON summary, exit 1 if an action failed
   ports status|list|allocate ID|release ID   the port pool; allocate renews a held lease; exhausted: exit 3
   demo                                serve + a demo VNC server + a ready session`;
 
@@ -76,8 +80,9 @@ async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promis
   const store = await openDatabase(config, log);
   try {
     const hook = runtimeHookFromConfig(config, log);
-    const teardown = hook === undefined ? undefined : createTeardown(hook, createLogger(config.logLevel, process.stderr));
-    return await run({ config, db: store.db, tickets: await createTickets(config, store), ...(teardown ? { teardown } : {}) });
+    const cleanupDeps = { db: store.db, log: createLogger(config.logLevel, process.stderr), actor: actorName('cli'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) };
+    const cleanup = (id: string, reason?: string) => cleanupSession(cleanupDeps, id, reason);
+    return await run({ config, db: store.db, tickets: await createTickets(config, store), cleanup });
   } finally {
     await store.close();
   }
@@ -96,6 +101,7 @@ async function main(argv: string[]): Promise<number> {
     'view-only': { type: 'boolean' },
     exclusive: { type: 'boolean' },
     once: { type: 'boolean' },
+    'dry-run': { type: 'boolean' },
     'password-file': { type: 'string' },
     'password-stdin': { type: 'boolean' },
   } as const;
@@ -121,6 +127,21 @@ async function main(argv: string[]): Promise<number> {
       const gate = await startGateOnly(config, createLogger(config.logLevel));
       await untilSignal();
       await gate.stop();
+      return 0;
+    }
+    case 'reconcile': {
+      const { values, positionals } = parse([sub ?? '', ...rest].filter((a) => a !== ''));
+      if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
+      const config = loadConfig();
+      const dryRun = values['dry-run'] === true;
+      if (values.once) {
+        const summary = await reconcileOnce(config, createLogger(config.logLevel, process.stderr), dryRun);
+        print(summary);
+        return passFailed(summary) ? 1 : 0;
+      }
+      const running = await startReconcileOnly(config, createLogger(config.logLevel), dryRun);
+      await untilSignal();
+      await running.stop();
       return 0;
     }
     case 'diagnose': {

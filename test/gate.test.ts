@@ -165,7 +165,7 @@ describe('readiness gate: the three scenarios of the original design', { timeout
     const [call] = await hookCalls(h);
     expect(call!.session).toMatchObject({ sessionId: session.id, ownerId: OWNER, port: consolePort, target: { host: '127.0.0.1', port } });
 
-    await expect.poll(() => h.logs().some((l) => l.msg === 'best-effort teardown completed'), { timeout: 5_000 }).toBe(true);
+    await expect.poll(() => h.logs().some((l) => l.msg === 'ended session cleaned'), { timeout: 5_000 }).toBe(true);
     const logs = h.logs().filter((l) => l.sessionId === session.id);
     const failed = logs.find((l) => l.msg === 'readiness probe failed: session marked failed')!;
     expect(failed).toMatchObject({ level: 50, owner: '****abc123', port, reason: expect.stringContaining('TCP connect refused') });
@@ -368,7 +368,7 @@ describe('several gates against one database', () => {
     await expect.poll(async () => (await hookCalls(a)).length + (a === b ? 0 : (await hookCalls(b)).length), { timeout: 5_000 }).toBe(8);
     // The record is written when a hook starts; its outcome is logged once it has exited.
     const allLogs = () => (a === b ? a.logs() : [...a.logs(), ...b.logs()]);
-    await expect.poll(() => allLogs().filter((l) => l.msg === 'best-effort teardown completed').length, { timeout: 5_000 }).toBe(4);
+    await expect.poll(() => allLogs().filter((l) => l.msg === 'ended session cleaned').length, { timeout: 5_000 }).toBe(4);
 
     const logs = allLogs();
     for (const id of ready) expect(logs.filter((l) => l.sessionId === id && l.msg.startsWith('readiness probe succeeded'))).toHaveLength(1);
@@ -379,7 +379,7 @@ describe('several gates against one database', () => {
     }
     for (const id of failing) {
       expect(logs.filter((l) => l.sessionId === id && l.msg === 'readiness probe failed: session marked failed')).toHaveLength(1);
-      expect(logs.filter((l) => l.sessionId === id && l.msg === 'best-effort teardown completed')).toHaveLength(1);
+      expect(logs.filter((l) => l.sessionId === id && l.msg === 'ended session cleaned')).toHaveLength(1);
     }
     const transitions = async (h: Harness) => (await h.metrics.sessionTransitions.get()).values.reduce((n, v) => n + v.value, 0);
     expect(a === b ? await transitions(a) : (await transitions(a)) + (await transitions(b))).toBe(12);

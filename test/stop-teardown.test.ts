@@ -34,6 +34,6 @@ it('stopping a session releases its port and runs the teardown hook with what it
       session: expect.objectContaining({ sessionId: created.body.id, port, protocol: 'vnc', target: { host: '127.0.0.1', port: 5999, path: null } }),
     }),
   ]);
-  expect(gateway.logs.some((l) => l.msg === 'teardown after stop completed')).toBe(true);
+  expect(gateway.logs.some((l) => l.msg === 'ended session cleaned')).toBe(true);
   expect(gateway.rawLogs()).not.toContain('owner-secret-123456');
 });

@@ -11,7 +11,7 @@ import { LiveRegistry } from './live-registry.js';
 import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
-import type { SessionRow } from '../db/schema.js';
+import type { CleanupOutcome } from '../fleet/cleanup.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
@@ -26,7 +26,8 @@ export interface GatewayOptions {
   tickets: Tickets;
   metrics: Metrics;
   log: Logger;
-  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
+  /** Cleans a session the API stopped (teardown hook, port release). */
+  cleanup: (id: string, reason?: string) => Promise<CleanupOutcome>;
 }
 
 export interface Gateway {
@@ -65,7 +66,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
   const screenshots = new Screenshots(config, store.db);
-  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, cleanup: options.cleanup };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;

@@ -3,8 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
-import { portOf } from '../db/ports.js';
-import type { Database, Protocol, SessionRow } from '../db/schema.js';
+import type { Database, Protocol } from '../db/schema.js';
 import { commitTarget, createSession, isUuid, requireSession, setTargetCredentials, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
 import { sealCredentials, validateCredentials } from '../console/credentials.js';
 import { GatewayError } from '../errors.js';
@@ -12,13 +11,14 @@ import { resolveTarget, validateTargetShape, type Resolver } from '../console/ta
 import type { Tickets } from '../console/ticket.js';
 import type { FleetMetrics } from '../ops/fleet-metrics.js';
 import { countConsoles, kickConsoles } from '../db/live-consoles.js';
+import type { CleanupOutcome } from '../fleet/cleanup.js';
 
 export interface ControlDeps {
   config: Config;
   db: Kysely<Database>;
   tickets: Tickets;
-  /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
-  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
+  /** Cleans a stopped session (teardown hook, port release, exactly once); never throws for a failed hook. */
+  cleanup: (id: string, reason?: string) => Promise<CleanupOutcome>;
   resolver?: Resolver;
   fleetMetrics?: FleetMetrics;
 }
@@ -113,13 +113,15 @@ export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unk
   }));
 }
 
-/** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */
+/**
+ * Stops the session (live consoles on every replica close through the NOTIFY), then cleans it:
+ * teardown hook and port release. Stopping a stopped session cleans it if nothing has yet.
+ */
 export async function stopSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
   const sessionId = requireId(id);
-  const port = await portOf(deps.db, sessionId);
-  const row = await stopSession(deps.db, sessionId);
-  await deps.teardown?.(row, port);
-  return viewOf(row);
+  await stopSession(deps.db, sessionId);
+  await deps.cleanup(sessionId);
+  return viewOf(await requireSession(deps.db, sessionId));
 }
 
 export interface TicketView {

@@ -22,6 +22,9 @@ export interface SessionView {
   readyAt: string | null;
   finishedAt: string | null;
   failureReason: string | null;
+  /** Why the ended session was cleaned (stopped, failed, pending_timeout, provisioning_abandoned, orphaned_resource). */
+  cleanupReason: string | null;
+  cleanupCompletedAt: string | null;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -49,6 +52,8 @@ export function viewOf(row: SessionRow): SessionView {
     readyAt: iso(row.ready_at),
     finishedAt: iso(row.finished_at),
     failureReason: row.failure_reason,
+    cleanupReason: row.cleanup_completed_at === null ? null : row.cleanup_reason,
+    cleanupCompletedAt: iso(row.cleanup_completed_at),
   };
 }
 
@@ -112,6 +117,9 @@ export async function commitTarget(db: Kysely<Database>, id: string, target: Tar
       ready_at: null,
       probe_owner: null,
       probe_lease_until: null,
+      // A new address starts the reconciler's counts afresh.
+      unreachable_probes: 0,
+      missing_resource_passes: 0,
     })
     .where('id', '=', id)
     .where('status', 'not in', ['stopped', 'failed'])

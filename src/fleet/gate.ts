@@ -19,6 +19,8 @@ import type { Metrics } from '../ops/metrics.js';
 import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
+import { claimMsFor, cleanupSession } from './cleanup.js';
+import { actorName } from '../db/audit.js';
 
 export interface GateDeps {
   db: Kysely<Database>;
@@ -244,10 +246,9 @@ async function failAndTeardown(
     'diagnostics collected for the failed session',
   );
   if (failed.releasedPort !== undefined) log.info({ port: failed.releasedPort }, 'console port released');
-  if (hook === undefined) return log.info('teardown skipped: no runtime hook configured');
-  const teardown = await hook.run('teardown', hookSession);
-  if (teardown.ok) log.info({ elapsedMs: teardown.elapsedMs }, 'best-effort teardown completed');
-  else log.warn({ error: teardown.error, elapsedMs: teardown.elapsedMs }, 'best-effort teardown failed');
+  // The shared cleanup runs the teardown once, whoever gets there first; a failed one is retried
+  // by the reconciler.
+  await cleanupSession({ db, log, actor: actorName('gate'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) }, id, 'failed');
 }
 
 /** When the row's current target was committed, in ms on the database's clock. */

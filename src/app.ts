@@ -12,11 +12,13 @@ import { startGateway, type Gateway } from './console/server.js';
 import { Tickets, readJwksFile } from './console/ticket.js';
 import { startGate } from './fleet/gate.js';
 import { runtimeHookFromConfig, type RuntimeHook } from './fleet/runtime-hook.js';
-import { runPass, startReconciler, type PassSummary, type Reconciler } from './fleet/reconciler.js';
+import { runPass, startReconciler, type Reconciler } from './fleet/reconciler.js';
+import { startAdminSocket, type AdminSocket } from './control/admin-socket.js';
 import type { FleetMetrics } from './ops/fleet-metrics.js';
 import { claimMsFor, cleanupSession } from './fleet/cleanup.js';
 import { actorName } from './db/audit.js';
 import type { ControlDeps } from './control/control.js';
+import type { OperatorDeps } from './control/operator-commands.js';
 
 /** Opens the database (migrating it unless MIGRATE_ON_START=false) for a command. */
 export async function openDatabase(config: Config, log: Logger, listen = false): Promise<Store> {
@@ -93,17 +95,6 @@ export async function startReconcileOnly(config: Config, log: Logger, dryRun = f
   };
 }
 
-/** `reconcile --once`: one pass (or a skip, when another reconciler runs one) and its summary. */
-export async function reconcileOnce(config: Config, log: Logger, dryRun: boolean): Promise<PassSummary> {
-  const store = await openDatabase(config, log);
-  try {
-    const hook = runtimeHookFromConfig(config, log);
-    return await runPass({ db: store.db, kind: store.kind, config, log, ...(hook ? { hook } : {}) }, { dryRun });
-  } finally {
-    await store.close();
-  }
-}
-
 /**
  * The reconciler every RECONCILIATION_INTERVAL seconds; with it disabled, consumed tickets are
  * still forgotten an hour after they expire.
@@ -125,6 +116,19 @@ function startHousekeeping(
   return { reconciler: undefined, stop: async () => clearInterval(purge) };
 }
 
+/**
+ * The admin socket beside the embedded database. A data directory whose path is too long for a
+ * unix socket (about 100 bytes) leaves the gateway without it, with a warning, rather than down.
+ */
+async function openAdminSocket(config: Config, log: Logger, deps: OperatorDeps): Promise<AdminSocket | undefined> {
+  try {
+    return await startAdminSocket(config.dataDir, deps, log);
+  } catch (error) {
+    log.warn({ err: error, dataDir: config.dataDir }, 'admin socket could not be opened; operator commands cannot reach this gateway');
+    return undefined;
+  }
+}
+
 /** `serve`: the gateway plus its in-process workers. */
 export async function startServe(config: Config, log: Logger): Promise<Running> {
   const store = await openDatabase(config, log, true);
@@ -138,16 +142,24 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
     const gateway = await startGateway({ config, store, tickets, metrics, log, cleanup });
     const gate = config.gateEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
     const housekeeping = startHousekeeping(config, store, log, { metrics: metrics.fleet, ...(hook ? { hook } : {}) });
+    const control = { config, db: store.db, tickets, cleanup, fleetMetrics: metrics.fleet };
+    const admin = store.kind === 'embedded' ? await openAdminSocket(config, log, {
+      control,
+      ...(hook ? { hook } : {}),
+      publicUrl: config.publicUrl ?? gateway.url,
+      reconcile: (dryRun) => housekeeping.reconciler?.runOnce({ dryRun }) ?? runPass({ db: store.db, kind: store.kind, config, log, ...(hook ? { hook } : {}) }, { dryRun }),
+    }) : undefined;
     let stopping: Promise<void> | undefined;
     return {
       gateway,
       store,
       metrics,
       tickets,
-      control: { config, db: store.db, tickets, cleanup, fleetMetrics: metrics.fleet },
+      control,
       reconciler: housekeeping.reconciler,
       stop: () =>
         (stopping ??= (async () => {
+          await admin?.close();
           await housekeeping.stop();
           await gate?.stop();
           await gateway.close();

@@ -6,17 +6,16 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger } from './ops/log.js';
-import { createTickets, openDatabase, reconcileOnce, startGateOnly, startReconcileOnly, startServe } from './app.js';
-import { passFailed } from './fleet/reconciler.js';
-import { diagnose } from './control/diagnose.js';
+import { createTickets, openDatabase, startGateOnly, startReconcileOnly, startServe } from './app.js';
+import { runPass } from './fleet/reconciler.js';
+import { callAdminSocket } from './control/admin-socket.js';
+import { runOperatorCommand, type OperatorCommand, type OperatorDeps, type OperatorRequest } from './control/operator-commands.js';
 import { runtimeHookFromConfig } from './fleet/runtime-hook.js';
 import { claimMsFor, cleanupSession } from './fleet/cleanup.js';
 import { actorName } from './db/audit.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore } from './db/open.js';
-import { allocatePortOp, poolOp, releasePortOp } from './control/port-ops.js';
 import { GatewayError } from './errors.js';
-import { commitTargetOp, createSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control/control.js';
 import { runDemo } from './demo/demo.js';
 
 const USAGE = `usage: console-gateway <command>
@@ -75,14 +74,31 @@ async function passwordFrom(values: Record<string, unknown>): Promise<string | u
   return password;
 }
 
-async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promise<T>): Promise<T> {
-  const log = createLogger('silent');
-  const store = await openDatabase(config, log);
+/**
+ * Runs an operator command and prints its output: through a running `serve`'s admin socket when
+ * one holds the embedded database, otherwise against the database directly.
+ */
+async function operate(config: Config, request: OperatorRequest): Promise<number> {
+  const remote = config.databaseUrl === undefined ? await callAdminSocket(config.dataDir, request) : undefined;
+  const result = remote ?? (await withOperatorDeps(config, (deps) => runOperatorCommand(deps, request)));
+  print(result.output);
+  return result.exitCode;
+}
+
+async function withOperatorDeps<T>(config: Config, run: (deps: OperatorDeps) => Promise<T>): Promise<T> {
+  const silent = createLogger('silent');
+  const log = createLogger(config.logLevel, process.stderr);
+  const store = await openDatabase(config, silent);
   try {
-    const hook = runtimeHookFromConfig(config, log);
-    const cleanupDeps = { db: store.db, log: createLogger(config.logLevel, process.stderr), actor: actorName('cli'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) };
-    const cleanup = (id: string, reason?: string) => cleanupSession(cleanupDeps, id, reason);
-    return await run({ config, db: store.db, tickets: await createTickets(config, store), cleanup });
+    const hook = runtimeHookFromConfig(config, silent);
+    const cleanupDeps = { db: store.db, log, actor: actorName('cli'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) };
+    const control = { config, db: store.db, tickets: await createTickets(config, store), cleanup: (id: string, reason?: string) => cleanupSession(cleanupDeps, id, reason) };
+    return await run({
+      control,
+      ...(hook ? { hook } : {}),
+      publicUrl: config.publicUrl ?? `http://localhost:${config.port}`,
+      reconcile: (dryRun) => runPass({ db: store.db, kind: store.kind, config, log, ...(hook ? { hook } : {}) }, { dryRun }),
+    });
   } finally {
     await store.close();
   }
@@ -134,11 +150,7 @@ async function main(argv: string[]): Promise<number> {
       if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
       const config = loadConfig();
       const dryRun = values['dry-run'] === true;
-      if (values.once) {
-        const summary = await reconcileOnce(config, createLogger(config.logLevel, process.stderr), dryRun);
-        print(summary);
-        return passFailed(summary) ? 1 : 0;
-      }
+      if (values.once) return operate(config, { command: 'reconcile', dryRun });
       const running = await startReconcileOnly(config, createLogger(config.logLevel), dryRun);
       await untilSignal();
       await running.stop();
@@ -148,16 +160,7 @@ async function main(argv: string[]): Promise<number> {
       const config = loadConfig();
       const id = parse([sub ?? '', ...rest].filter((a) => a !== '')).positionals;
       if (id.length !== 1) throw new UsageError('diagnose takes one session ID');
-      const log = createLogger('silent');
-      const store = await openDatabase(config, log);
-      try {
-        const hook = runtimeHookFromConfig(config, log);
-        const { healthy, report } = await diagnose({ db: store.db, config, ...(hook ? { hook } : {}) }, id[0]!);
-        print(report);
-        return healthy ? 0 : 1;
-      } finally {
-        await store.close();
-      }
+      return operate(config, { command: 'diagnose', id: id[0]! });
     }
     case 'demo': {
       await runDemo(process.env, (url) => process.stdout.write(`\nOpen the console: ${url}\n`), waitForEnter, untilSignal);
@@ -181,29 +184,20 @@ async function main(argv: string[]): Promise<number> {
         if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
         if (values.protocol === undefined) throw new UsageError('--protocol vnc|websockify is required');
         const target = await targetFrom(values, false);
-        print(
-          await withControl(config, (deps) =>
-            createSessionOp(deps, {
-              protocol: values.protocol,
-              ...(values.id !== undefined ? { id: values.id } : {}),
-              ...(values.owner !== undefined ? { ownerId: values.owner } : {}),
-              ...(target ? { target } : {}),
-            }),
-          ),
-        );
-        return 0;
+        const body = {
+          protocol: values.protocol,
+          ...(values.id !== undefined ? { id: values.id } : {}),
+          ...(values.owner !== undefined ? { ownerId: values.owner } : {}),
+          ...(target ? { target } : {}),
+        };
+        return operate(config, { command: 'session-create', body });
       }
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError(`session ${sub ?? '<create|target|stop>'} takes one session ID`);
       if (sub === 'target') {
-        const target = (await targetFrom(values, true))!;
-        print(await withControl(config, (deps) => commitTargetOp(deps, id, target)));
-        return 0;
+        return operate(config, { command: 'session-target', id, body: (await targetFrom(values, true))! });
       }
-      if (sub === 'stop') {
-        print(await withControl(config, (deps) => stopSessionOp(deps, id)));
-        return 0;
-      }
+      if (sub === 'stop') return operate(config, { command: 'session-stop', id });
       throw new UsageError(`unknown session command: ${sub ?? '(none)'}`);
     }
     case 'ticket': {
@@ -213,9 +207,7 @@ async function main(argv: string[]): Promise<number> {
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
       if (values.ttl !== undefined && !/^\d+$/.test(values.ttl)) throw new UsageError('--ttl must be a whole number of seconds');
       const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}), ...(values.exclusive ? { exclusive: true } : {}) };
-      const publicUrl = config.publicUrl ?? `http://localhost:${config.port}`;
-      print(await withControl(config, (deps) => mintTicketOp(deps, id, body, publicUrl)));
-      return 0;
+      return operate(config, { command: 'ticket', id, body });
     }
     case 'ports': {
       const { positionals } = parse(rest);
@@ -224,12 +216,7 @@ async function main(argv: string[]): Promise<number> {
       if (!(((sub === 'status' || sub === 'list') && positionals.length === 0) || ((sub === 'allocate' || sub === 'release') && positionals.length === 1))) {
         throw new UsageError(usage);
       }
-      return withControl(config, async (deps) => {
-        if (sub === 'status' || sub === 'list') print(await poolOp(deps, sub === 'list'));
-        else if (sub === 'allocate') print((await allocatePortOp(deps, positionals[0]!)).lease);
-        else print(await releasePortOp(deps, positionals[0]!));
-        return 0;
-      });
+      return operate(config, { command: `ports-${sub}` as OperatorCommand, ...(positionals[0] !== undefined ? { id: positionals[0] } : {}) });
     }
     case undefined:
     case 'help':

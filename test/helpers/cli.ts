@@ -27,14 +27,14 @@ export function runCli(args: string[], env: Record<string, string>, timeoutMs = 
 }
 
 /** Starts `serve` and resolves with its URL once it logs "gateway listening". */
-export function startServeProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+export function startServeProcess(env: Record<string, string>, timeoutMs = 30_000): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [CLI, 'serve'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`serve did not start: ${output}`));
-    }, 30_000);
+    }, timeoutMs);
     const onData = (d: Buffer) => {
       output += d;
       const line = output.split('\n').find((l) => l.includes('"gateway listening"'));

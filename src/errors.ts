@@ -25,6 +25,9 @@ export const CATALOGUE = {
   CONSOLE_KICKED: { status: 409, close: 4409, level: 'info' },
   WAIT_TIMEOUT: { status: 504, close: 1013, level: 'warn' },
   CAPACITY: { status: 503, close: 1013, level: 'warn' },
+  CLIENT_CAPACITY: { status: 429, close: 1013, level: 'warn' },
+  SESSION_CAPACITY: { status: 429, close: 1013, level: 'info' },
+  THROTTLED: { status: 429, close: 1013, level: 'warn' },
   PORTS_EXHAUSTED: { status: 503, close: 1013, level: 'warn' },
   TARGET_UNRESOLVABLE: { status: 422, close: 4502, level: 'warn' },
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
@@ -47,7 +50,8 @@ export const CATALOGUE = {
   BROWSER_TOO_FRAGMENTED: { status: 400, close: 1008, level: 'info' },
   BROWSER_FRAME_TOO_LARGE: { status: 413, close: 1009, level: 'info' },
   SHUTTING_DOWN: { status: 503, close: 1001, level: 'info' },
-  DATABASE_UNAVAILABLE: { status: 503, close: 1011, level: 'error' },
+  // Transient: 1013 "try again later" (RFC 6455 §7.4.1), so the page can offer a retry.
+  DATABASE_UNAVAILABLE: { status: 503, close: 1013, level: 'error' },
   INTERNAL: { status: 500, close: 1011, level: 'error' },
 } as const satisfies Record<string, { status: number; close: number; level: 'info' | 'warn' | 'error' }>;
 

@@ -2,14 +2,14 @@
 // noVNC. Served with `script-src 'self'`, so everything lives here, nothing inline.
 import RFB from '../novnc/core/rfb.js';
 
-// Words for close codes whose frame carried no reason (docs: DESIGN.md "Upgrade outcomes").
+// Words for close codes whose frame carried no reason (README "What the browser sees").
 const CLOSE_WORDS = {
   1000: 'the console was closed',
   1001: 'the gateway is shutting down',
   1005: 'the connection was closed',
   1006: 'connection lost',
   1011: 'internal error in the gateway',
-  1013: 'the VM was not ready in time, or the gateway is at capacity',
+  1013: 'the console is temporarily unavailable',
   4400: 'no ticket',
   4401: 'the console link is invalid, expired or already used',
   4403: 'not allowed',
@@ -156,8 +156,10 @@ function connect(ticket) {
     clearTimeout(waiting);
     const words = event.reason || securityReason || CLOSE_WORDS[event.code] || `closed (code ${event.code})`;
     const close = { code: event.code, reason: event.reason };
-    if (RETRYABLE.has(event.code) && parent !== undefined) void reconnect(words, close);
-    else setStatus('disconnected', `Disconnected: ${words}`, close);
+    if (RETRYABLE.has(event.code) && parent !== undefined) return void reconnect(words, close);
+    // Opened on its own, the page has nobody to ask for a fresh ticket.
+    const retry = RETRYABLE.has(event.code) ? ' — this is temporary: reload the page to try again' : '';
+    setStatus('disconnected', `Disconnected: ${words}${retry}`, close);
   });
 
   rfb = new RFB(screen, socket, { shared: true });

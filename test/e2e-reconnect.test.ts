@@ -83,10 +83,13 @@ beforeAll(async () => {
   const env = {
     ...TEST_ENV,
     DATABASE_URL: database.url,
-    // The console page's own origin (through the load balancer) and the frontend that embeds it.
-    ALLOWED_ORIGINS: `${gatewayOrigin()},http://127.0.0.2:${parentPort()}`,
+    // The frontend that embeds the page; '*' lets the rogue page (127.0.0.3) frame it too, so the
+    // page's own origin check is what keeps that one out. ALLOWED_ORIGINS stays unset: the page
+    // is same-origin with the gateway, through the load balancer.
+    FRAME_ANCESTORS: `http://127.0.0.2:${parentPort()},*`,
     TARGET_WAIT_TIMEOUT_SECONDS: '1',
-    DRAIN_TIMEOUT_SECONDS: '1',
+    // Long enough for the load balancer to see /readyz answer 503 before the live console closes.
+    DRAIN_TIMEOUT_SECONDS: '2',
   };
   [a, b] = await Promise.all([startServeProcess(env), startTestGateway(env, database.url)]);
   await lb.setServer('a', Number(new URL(a.url).port));
@@ -121,14 +124,14 @@ describe('reconnect with a fresh ticket from the embedding frontend', () => {
   it('drained replica: the page asks its parent for a ticket and reconnects through the other', async () => {
     const id = await session();
     const { page, console } = await openFrontend(`http://127.0.0.2:${parentPort()}`, id, 'answer');
-    await expect.poll(() => state(console), { timeout: 15_000 }).toBe('connected');
+    await expect.poll(() => state(console), { timeout: 30_000 }).toBe('connected');
     expect(a.output()).toContain('"console connected"'); // the primary serves it
 
     const states: string[] = [];
     const watch = setInterval(() => void state(console).then((s) => s && states.at(-1) !== s && states.push(s), () => {}), 50);
     a.child.kill('SIGTERM');
-    await expect.poll(() => b.logs.some((l) => l.msg === 'console connected' && l.sessionId === id), { timeout: 20_000 }).toBe(true);
-    await expect.poll(() => state(console), { timeout: 10_000 }).toBe('connected');
+    await expect.poll(() => b.logs.some((l) => l.msg === 'console connected' && l.sessionId === id), { timeout: 30_000 }).toBe(true);
+    await expect.poll(() => state(console), { timeout: 15_000 }).toBe('connected');
     clearInterval(watch);
     expect(states).toContain('reconnecting');
     // One request per attempt: a retry that reached the draining replica again (before the load
@@ -142,7 +145,7 @@ describe('reconnect with a fresh ticket from the embedding frontend', () => {
     // The drained replica is gone before the next test opens consoles through the load balancer.
     if (a.child.exitCode === null) await new Promise((resolve) => a.child.once('exit', resolve));
     expect(a.child.exitCode).toBe(0);
-  });
+  }, 90_000);
 
   it('a parent that does not answer leaves "Disconnected: <reason>" and a Reconnect button that asks again', async () => {
     const id = await session(false); // never ready: the console closes with 1013 after 1 s
@@ -162,7 +165,7 @@ describe('reconnect with a fresh ticket from the embedding frontend', () => {
     expect(await page.evaluate(() => (window as unknown as { requests: unknown[] }).requests.length)).toBe(2);
     expect(await button.isHidden()).toBe(true);
     await page.close();
-  });
+  }, 60_000);
 
   it('ignores tickets from a parent whose origin is not allowed, and never posts to it', async () => {
     const id = await session(false); // never ready at first: the console closes with 1013 after 1 s
@@ -179,5 +182,5 @@ describe('reconnect with a fresh ticket from the embedding frontend', () => {
     expect(await state(console)).toBe('disconnected');
     expect(await page.evaluate(() => (window as unknown as { requests: unknown[] }).requests.length)).toBe(0);
     await page.close();
-  });
+  }, 60_000);
 });

@@ -33,6 +33,7 @@ export interface TicketOptions {
 
 const ASYMMETRIC = ['EdDSA', 'ES256'] as const;
 const MAX_TICKET_LENGTH = 4096;
+const DEFAULT_ISSUER = 'console-gateway';
 /** How far the minting clock may run ahead of or behind the gateway's (README "Tickets"). */
 export const CLOCK_TOLERANCE_SECONDS = 5;
 
@@ -117,12 +118,17 @@ export class Tickets {
     return session;
   }
 
-  /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */
+  /**
+   * Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint and the
+   * `ticket` command). Its issuer is the first of TICKET_ISSUERS, so the gateway's own tickets pass
+   * its own issuer check; `console-gateway` when no allowlist is set.
+   */
   async mint(sessionId: string, ttlSeconds: number, viewOnly = false, exclusive = false): Promise<{ ticket: string; expiresAt: Date }> {
     if (!this.options.secret) {
       throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
     }
-    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, exclusive, audience: this.options.audience });
+    const issuer = this.options.issuers[0] ?? DEFAULT_ISSUER;
+    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, exclusive, audience: this.options.audience, issuer });
   }
 }
 
@@ -188,7 +194,7 @@ export async function mintTicket(options: MintOptions): Promise<{ ticket: string
     .setIssuedAt(now)
     .setExpirationTime(exp)
     .setAudience(options.audience ?? 'console-gateway')
-    .setIssuer(options.issuer ?? 'console-gateway')
+    .setIssuer(options.issuer ?? DEFAULT_ISSUER)
     .sign(key);
   return { ticket, expiresAt: new Date(exp * 1000) };
 }

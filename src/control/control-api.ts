@@ -1,11 +1,12 @@
-// The control plane over HTTP (DESIGN.md "Control plane"): bearer-token auth with a constant-time
+// The control plane over HTTP (README "HTTP surface"): bearer-token auth with a constant-time
 // compare, JSON in and out, and a clear 4xx for every bad input.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { poolStats } from '../db/ports.js';
+import { databaseUnavailable, isDatabaseUnavailable } from '../db/failures.js';
 import { GatewayError } from '../errors.js';
 import type { Screenshots } from './screenshot.js';
 import { closeConsolesOp, commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control.js';
+import { allocatePortOp, poolOp, releasePortOp } from './port-ops.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
 
@@ -74,8 +75,19 @@ async function sendScreenshot(deps: ApiDeps, req: IncomingMessage, res: ServerRe
   res.end(png);
 }
 
-/** Handles /api/v1/*; throws GatewayError for the server to answer. */
+/**
+ * Handles /api/v1/*; throws GatewayError for the server to answer. A database that cannot serve is
+ * DATABASE_UNAVAILABLE (503, try again), not an internal error.
+ */
 export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  try {
+    await route(deps, req, res, path);
+  } catch (error) {
+    throw isDatabaseUnavailable(error) ? databaseUnavailable(error) : error;
+  }
+}
+
+async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
   authorize(req, deps.config.controlToken);
   const parts = path.split('/').filter(Boolean).slice(2); // drop "api", "v1"
   const method = req.method ?? 'GET';
@@ -88,8 +100,8 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
   };
   if (collection === 'ports' && id === undefined) {
     allow('GET');
-    const { portRangeStart: start, portRangeEnd: end, maxSessions } = deps.config;
-    return sendJson(res, 200, await poolStats(deps.db, { start, end, maxSessions }));
+    const list = new URL(req.url ?? '/', 'http://x').searchParams.get('list');
+    return sendJson(res, 200, await poolOp(deps, list === '1' || list === 'true'));
   }
   if (collection !== 'sessions' || rest.length > 0) throw new GatewayError('NOT_FOUND', 'no such API path');
   if (id === undefined) {
@@ -113,6 +125,12 @@ export async function handleApi(deps: ApiDeps, req: IncomingMessage, res: Server
   if (sub === 'target') {
     allow('PUT');
     return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));
+  }
+  if (sub === 'port') {
+    allow('POST, DELETE');
+    if (method === 'DELETE') return sendJson(res, 200, await releasePortOp(deps, id));
+    const { lease, created } = await allocatePortOp(deps, id);
+    return sendJson(res, created ? 201 : 200, lease);
   }
   if (sub === 'tickets') {
     allow('POST');

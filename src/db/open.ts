@@ -54,6 +54,9 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
   const pool = new pg.Pool({ ...connection, max: 10, idleTimeoutMillis: 30_000 });
   // An idle client's socket error is emitted on the pool; unhandled it would crash the process.
   pool.on('error', (error) => log.warn({ err: error }, 'database connection lost; the pool will reconnect'));
+  // A checked-out client has no pool listener: a connection that dies mid-query emits 'error' on
+  // the client as well as failing the query (which its caller reports), and unheard that crashes.
+  pool.on('connect', (client) => client.on('error', (error) => log.debug({ err: error }, 'database connection lost during a query')));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const events = new SessionEvents();
   const store: Store = {

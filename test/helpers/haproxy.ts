@@ -22,7 +22,7 @@ export interface Haproxy {
 
 /**
  * Starts HAProxy with one backend of `servers` (the first is primary, the rest backups used only
- * while it is down), checked every 200 ms; all start in maintenance until setServer.
+ * while it is down), checked every 200 ms (down after two failures); all start in maintenance until setServer.
  */
 export async function startHaproxy(servers: string[]): Promise<Haproxy> {
   const dir = await mkdtemp(join(tmpdir(), 'cg-haproxy-'));
@@ -67,12 +67,13 @@ function configText(port: number, socket: string, servers: string[]): string {
     '  timeout client 60s',
     '  timeout server 60s',
     '  timeout tunnel 10m',
+    '  timeout check 2s',
     'frontend fe',
     `  bind 127.0.0.1:${port}`,
     '  default_backend gateways',
     'backend gateways',
     '  option httpchk GET /readyz',
-    '  default-server inter 200ms fall 1 rise 1',
+    '  default-server inter 200ms fall 2 rise 1',
     ...servers.map((name, i) => `  server ${name} 127.0.0.1:9 check disabled${i > 0 ? ' backup' : ''}`),
     '',
   ].join('\n');

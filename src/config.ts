@@ -1,6 +1,7 @@
 // The only module that reads process.env. Every problem is collected and reported at once, so an
 // operator fixes a deployment in one round trip; the result is frozen.
 import { parseCidrList, type CidrList } from './console/target.js';
+import { readEdgeConfig, type EdgeConfig } from './edge-config.js';
 
 export interface Config {
   readonly port: number;
@@ -37,8 +38,14 @@ export interface Config {
   readonly maxSessions: number;
   readonly reconciliationEnabled: boolean;
   readonly reconciliationIntervalSeconds: number;
+  readonly reconciliationUnreachableProbes: number;
+  readonly reconciliationNamespaces: readonly string[];
+  readonly sessionPendingTimeoutSeconds: number;
+  readonly portLeaseSeconds: number;
+  readonly portBindCheck: boolean;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  readonly edge: EdgeConfig;
   /** The runtime hook's whole environment: PATH, HOME, LANG and the names in RUNTIME_HOOK_ENV. */
   readonly runtimeHookEnv: Readonly<Record<string, string>>;
   /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
@@ -218,8 +225,14 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxSessions: num('VNC_MAX_SESSIONS', 800, 0),
     reconciliationEnabled: bool('RECONCILIATION_ENABLED', true),
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
+    reconciliationUnreachableProbes: num('RECONCILIATION_UNREACHABLE_PROBES', 3, 1, 1000),
+    reconciliationNamespaces: list('RECONCILIATION_NAMESPACES'),
+    sessionPendingTimeoutSeconds: num('SESSION_PENDING_TIMEOUT_SECONDS', 3600, 1),
+    portLeaseSeconds: num('PORT_LEASE_SECONDS', 3600, 1),
+    portBindCheck: bool('PORT_BIND_CHECK', false),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    edge: readEdgeConfig({ str, num, bool, list, problems, allowedOrigins }),
     runtimeHookEnv,
     credentialsKey,
   };

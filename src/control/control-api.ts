@@ -3,10 +3,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { databaseUnavailable, isDatabaseUnavailable } from '../db/failures.js';
-import { poolStats } from '../db/ports.js';
 import { GatewayError } from '../errors.js';
 import type { Screenshots } from './screenshot.js';
 import { closeConsolesOp, commitTargetOp, createSessionOp, getSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control.js';
+import { allocatePortOp, poolOp, releasePortOp } from './port-ops.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
 
@@ -100,8 +100,8 @@ async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, p
   };
   if (collection === 'ports' && id === undefined) {
     allow('GET');
-    const { portRangeStart: start, portRangeEnd: end, maxSessions } = deps.config;
-    return sendJson(res, 200, await poolStats(deps.db, { start, end, maxSessions }));
+    const list = new URL(req.url ?? '/', 'http://x').searchParams.get('list');
+    return sendJson(res, 200, await poolOp(deps, list === '1' || list === 'true'));
   }
   if (collection !== 'sessions' || rest.length > 0) throw new GatewayError('NOT_FOUND', 'no such API path');
   if (id === undefined) {
@@ -125,6 +125,12 @@ async function route(deps: ApiDeps, req: IncomingMessage, res: ServerResponse, p
   if (sub === 'target') {
     allow('PUT');
     return sendJson(res, 200, await commitTargetOp(deps, id, await readJson(req, true)));
+  }
+  if (sub === 'port') {
+    allow('POST, DELETE');
+    if (method === 'DELETE') return sendJson(res, 200, await releasePortOp(deps, id));
+    const { lease, created } = await allocatePortOp(deps, id);
+    return sendJson(res, created ? 201 : 200, lease);
   }
   if (sub === 'tickets') {
     allow('POST');

@@ -10,6 +10,7 @@ import { sealCredentials, validateCredentials } from '../console/credentials.js'
 import { GatewayError } from '../errors.js';
 import { resolveTarget, validateTargetShape, type Resolver } from '../console/target.js';
 import type { Tickets } from '../console/ticket.js';
+import type { FleetMetrics } from '../ops/fleet-metrics.js';
 import { countConsoles, kickConsoles } from '../db/live-consoles.js';
 
 export interface ControlDeps {
@@ -19,6 +20,7 @@ export interface ControlDeps {
   /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
   teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
   resolver?: Resolver;
+  fleetMetrics?: FleetMetrics;
 }
 
 const OWNER_MAX = 200;

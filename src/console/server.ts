@@ -43,7 +43,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-const HEARTBEAT_MS = 30_000;
 const CLOSE_GRACE_MS = 1_000;
 
 /** Starts listening on config.host:config.port (0 = any free port; read `url` for the real one). */
@@ -54,7 +53,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const consoles = new Consoles(store.events, {
     idleTimeoutMs: config.idleTimeoutSeconds * 1000,
     maxDurationMs: config.maxDurationSeconds * 1000,
-    heartbeatMs: HEARTBEAT_MS,
+    heartbeatMs: config.heartbeatSeconds * 1000,
   });
   const wss = new WebSocketServer({
     noServer: true,

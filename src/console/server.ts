@@ -8,6 +8,7 @@ import type { Config } from '../config.js';
 import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
 import { LiveRegistry } from './live-registry.js';
+import { pageConfigOf } from './page-config.js';
 import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
@@ -76,6 +77,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     try {
       if (await handleOps(opsDeps, req, res, path)) return;
       if (path.startsWith('/api/v1/')) return await handleApi(apiDeps, req, res, path);
+      if (path === '/console/config.json') return sendJson(res, 200, pageConfigOf(config, req));
       if (await serveStatic(req, res, path, pageHeaders)) return;
       if (path === '/websockify') throw new GatewayError('BAD_REQUEST', 'this path only takes WebSocket upgrades');
       throw new GatewayError('NOT_FOUND', 'not found');

@@ -8,6 +8,8 @@ import { purgeConsumedTickets } from './db/tickets.js';
 import { poolStats } from './db/ports.js';
 import { poolOf } from './control/port-ops.js';
 import { createMetrics, type Metrics } from './ops/metrics.js';
+import { startOpsServer, type OpsServer } from './ops/ops-server.js';
+import { observeStore } from './ops/store-metrics.js';
 import { startGateway, type Gateway } from './console/server.js';
 import { Tickets, readJwksFile } from './console/ticket.js';
 import { startGate } from './fleet/gate.js';
@@ -62,34 +64,67 @@ export interface Running {
 
 const PURGE_INTERVAL_MS = 5 * 60_000;
 
-/** `gate`: the readiness gate alone (the sidecar form). */
-export async function startGateOnly(config: Config, log: Logger): Promise<{ stop(): Promise<void> }> {
+export interface Sidecar {
+  /** The OPS_PORT endpoints (/healthz, /readyz, /metrics). */
+  readonly ops: OpsServer;
+  readonly metrics: Metrics;
+  stop(): Promise<void>;
+}
+
+/** Serves /healthz, /readyz and /metrics of a sidecar command on OPS_PORT. */
+function startSidecarOps(config: Config, log: Logger, store: Store, metrics: Metrics): Promise<OpsServer> {
+  observeStore(metrics, store);
+  return startOpsServer({ store, metrics, metricsToken: config.edge.metricsToken, host: config.host, port: config.edge.opsPort, log });
+}
+
+/** `gate`: the readiness gate alone (the sidecar form), with its ops endpoints. */
+export async function startGateOnly(config: Config, log: Logger): Promise<Sidecar> {
   const store = await openDatabase(config, log, true);
+  const metrics = createMetrics();
+  let ops: OpsServer;
+  try {
+    ops = await startSidecarOps(config, log, store, metrics);
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   const hook = runtimeHookFromConfig(config, log);
-  const gate = startGate({ db: store.db, events: store.events, log, metrics: createMetrics(), config, ...(hook ? { hook } : {}) });
+  const gate = startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) });
   return {
+    ops,
+    metrics,
     async stop() {
       await gate.stop();
+      await ops.close();
       await store.close();
     },
   };
 }
 
 /**
- * `reconcile`: the reconciler alone, a pass every RECONCILIATION_INTERVAL seconds. The returned
- * reconciler's `ready` resolves after the first pass and `metrics` holds its registry.
+ * `reconcile`: the reconciler alone, a pass every RECONCILIATION_INTERVAL seconds, with its ops
+ * endpoints. The reconciler's `ready` resolves after the first pass.
  */
-export async function startReconcileOnly(config: Config, log: Logger, dryRun = false): Promise<{ reconciler: Reconciler; metrics: Metrics; stop(): Promise<void> }> {
+export async function startReconcileOnly(config: Config, log: Logger, dryRun = false): Promise<Sidecar & { reconciler: Reconciler }> {
   const store = await openDatabase(config, log);
   const metrics = createMetrics();
+  let ops: OpsServer;
+  try {
+    ops = await startSidecarOps(config, log, store, metrics);
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
   const hook = runtimeHookFromConfig(config, log);
   const reconciler = startReconciler({ db: store.db, kind: store.kind, config, log, metrics: metrics.fleet, ...(hook ? { hook } : {}) }, config.reconciliationIntervalSeconds * 1000, { dryRun });
   return {
-    reconciler,
+    ops,
     metrics,
+    reconciler,
     async stop() {
       await reconciler.stop();
+      await ops.close();
       await store.close();
     },
   };
@@ -136,11 +171,14 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
     const tickets = await createTickets(config, store);
     const metrics = createMetrics();
     metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
+    observeStore(metrics, store);
     const hook = runtimeHookFromConfig(config, log);
     const cleanupDeps = { db: store.db, log, actor: actorName('api'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) };
     const cleanup = (id: string, reason?: string) => cleanupSession(cleanupDeps, id, reason);
     const gateway = await startGateway({ config, store, tickets, metrics, log, cleanup });
-    const gate = config.gateEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
+    // With gating off there is nothing to probe, but targets committed by plain SQL still need
+    // promoting to ready, by the gateway itself whether or not a gate sidecar runs.
+    const gate = config.gateEnabled || !config.readyGatingEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
     const housekeeping = startHousekeeping(config, store, log, { metrics: metrics.fleet, ...(hook ? { hook } : {}) });
     const control = { config, db: store.db, tickets, cleanup, fleetMetrics: metrics.fleet };
     const admin = store.kind === 'embedded' ? await openAdminSocket(config, log, {

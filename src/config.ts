@@ -1,6 +1,7 @@
 // The only module that reads process.env. Every problem is collected and reported at once, so an
 // operator fixes a deployment in one round trip; the result is frozen.
 import { parseCidrList, type CidrList } from './console/target.js';
+import { readEdgeConfig, type EdgeConfig } from './edge-config.js';
 
 export interface Config {
   readonly port: number;
@@ -23,6 +24,8 @@ export interface Config {
   readonly connectTimeoutSeconds: number;
   readonly idleTimeoutSeconds: number;
   readonly maxDurationSeconds: number;
+  /** How often a live console's browser is pinged; one unanswered ping ends it. */
+  readonly heartbeatSeconds: number;
   readonly maxConsoles: number;
   readonly drainTimeoutSeconds: number;
   readonly headersTimeoutSeconds: number;
@@ -44,6 +47,7 @@ export interface Config {
   readonly portBindCheck: boolean;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  readonly edge: EdgeConfig;
   /** The runtime hook's whole environment: PATH, HOME, LANG and the names in RUNTIME_HOOK_ENV. */
   readonly runtimeHookEnv: Readonly<Record<string, string>>;
   /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
@@ -209,6 +213,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     connectTimeoutSeconds: num('TARGET_CONNECT_TIMEOUT_SECONDS', 5, 0.1, 120, false),
     idleTimeoutSeconds: num('CONSOLE_IDLE_TIMEOUT_SECONDS', 0, 0),
     maxDurationSeconds: num('CONSOLE_MAX_DURATION_SECONDS', 0, 0),
+    heartbeatSeconds: num('CONSOLE_HEARTBEAT_SECONDS', 30, 1, 3600),
     maxConsoles: num('MAX_CONSOLES', 20000, 0),
     drainTimeoutSeconds: num('DRAIN_TIMEOUT_SECONDS', 20, 0, 3600, false),
     headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300),
@@ -230,6 +235,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     portBindCheck: bool('PORT_BIND_CHECK', false),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    edge: readEdgeConfig({ str, num, bool, list, problems, allowedOrigins }),
     runtimeHookEnv,
     credentialsKey,
   };

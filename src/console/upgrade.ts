@@ -24,6 +24,8 @@ import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
+import { clientAddress } from './client-address.js';
+import type { Limits } from './limits.js';
 import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
@@ -42,6 +44,7 @@ export interface UpgradeDeps {
   wss: WebSocketServer;
   registry: LiveRegistry;
   proxy: WsProxy;
+  limits: Limits;
   isDraining(): boolean;
 }
 
@@ -65,9 +68,11 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 }
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const { config, store, tickets, consoles, metrics } = deps;
+  const { config, store, tickets, consoles, metrics, limits } = deps;
   const consoleId = randomBytes(6).toString('hex');
-  let log = deps.log.child({ consoleId });
+  const client = clientAddress(req, config.edge);
+  let log = deps.log.child({ consoleId, clientAddress: client });
+  const phase = phaseTimer(metrics);
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
@@ -78,17 +83,19 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     answered = true;
     refuseUpgrade(deps, log, req, socket, head, error);
   };
+  const held: (() => void)[] = [];
   try {
     if (deps.isDraining()) throw new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
-    if (config.maxConsoles > 0 && consoles.size >= config.maxConsoles) {
-      throw new GatewayError('CAPACITY', 'the gateway is at its console limit; try again shortly');
-    }
+    limits.checkThrottle(client);
+    held.push(limits.holdClient(client, consoles.size));
     checkOrigin(req, config);
     const token = ticketOf(req);
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
-    const claims = await tickets.verify(token);
+    const claims = await phase('ticket', () => tickets.verify(token));
     log = log.child({ sessionId: claims.sessionId });
-    const current = await databaseStep(tickets.consume(claims));
+    // Before the ticket is consumed: a console refused for the session's cap keeps its ticket.
+    held.push(limits.holdSession(claims.sessionId));
+    const current = await phase('database', () => databaseStep(tickets.consume(claims)));
     if (current === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
 
     consoles.waiting.add(waiting);
@@ -107,12 +114,16 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     } finally {
       consoles.waiting.delete(waiting);
       metrics.consolesWaiting.dec();
-      metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
+      const waited = (performance.now() - waitStarted) / 1000;
+      metrics.waitSeconds.observe(waited);
+      metrics.upgradePhaseSeconds.observe({ phase: 'wait' }, waited);
     }
 
     const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
-    const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
-    const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    const vm = await phase(
+      'dial',
+      async () => dial(await resolveTarget(session.target_host!, config.targetAllowedCidrs), session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal),
+    );
     if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
     // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
     const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
@@ -139,10 +150,24 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       await claim.release();
     }
   } catch (error) {
+    limits.noteRefusal(client, error);
     refuse(error);
   } finally {
     socket.off('close', browserGone);
+    for (const release of held) release();
   }
+}
+
+/** Times a step of the upgrade into console_gateway_upgrade_phase_duration_seconds{phase}. */
+function phaseTimer(metrics: Metrics) {
+  return async <T>(name: 'ticket' | 'database' | 'dial', step: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await step();
+    } finally {
+      metrics.upgradePhaseSeconds.observe({ phase: name }, (performance.now() - started) / 1000);
+    }
+  };
 }
 
 class BrowserGone extends Error {}

@@ -59,7 +59,7 @@ for (const kind of ['postgres', 'embedded'] as const) {
       config = loadConfig({ ...ENV, ...(database ? { DATABASE_URL: database.url } : { DATA_DIR: join(dir, 'data') }) });
       store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log: SILENT });
       await migrateToLatest(store.db);
-    });
+    }, 180_000); // the embedded database's first start is slow on a busy machine
     afterAll(async () => {
       await store?.close();
       await database?.drop();

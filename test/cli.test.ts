@@ -113,12 +113,12 @@ describe('console-gateway commands', () => {
     }
   });
 
-  it('refuses commands that need the database itself (migrate) while another process holds the embedded one', async () => {
+  it('refuses commands that need the database itself (migrate) while another process holds the embedded one', { timeout: 240_000 }, async () => {
     const serveDir = await mkdtemp(join(tmpdir(), 'cg-cli-serve-'));
-    const server = await startServeProcess({ DATA_DIR: serveDir, TICKET_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1' });
+    const server = await startServeProcess({ DATA_DIR: serveDir, TICKET_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1' }, 120_000);
     try {
       // Operator commands reach the running server through its admin socket (test/admin-socket.test.ts).
-      const result = await runCli(['migrate'], { ...env, DATA_DIR: serveDir });
+      const result = await runCli(['migrate'], { ...env, DATA_DIR: serveDir }, 120_000);
       expect(result.code).toBe(1);
       expect(oneLine(result.stderr)).toMatch(new RegExp(`in use by process ${server.child.pid}`));
     } finally {

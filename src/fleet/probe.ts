@@ -1,4 +1,4 @@
-// One readiness probe attempt against a session's target (seed: noVNC readiness gating). A console
+// One readiness probe attempt against a session's target. A console
 // is ready when it speaks, not when a port is open: `vnc` targets must send the RFB banner
 // (RFC 6143 §7.1.1), `websockify` targets must serve the noVNC page, complete a WebSocket
 // handshake and relay that banner. Every attempt settles once, with a one-line reason on failure,

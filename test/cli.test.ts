@@ -86,7 +86,7 @@ describe('console-gateway commands', () => {
     }
   });
 
-  it('refuses options and arguments a command does not take with one line and exit 2, --once included', async () => {
+  it('refuses options and arguments a command does not take with one line and exit 2, --once included', { timeout: 120_000 }, async () => {
     const cases: [string[], string][] = [
       [['serve', '--once'], 'serve does not take the option --once'],
       [['gate', '--once'], 'gate does not take the option --once'],
@@ -100,7 +100,7 @@ describe('console-gateway commands', () => {
       [['diagnose', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--once'], 'diagnose does not take the option --once'],
     ];
     // In parallel: each is refused before any database or listener is opened.
-    const results = await Promise.all(cases.map(([args]) => runCli(args, env)));
+    const results = await Promise.all(cases.map(([args]) => runCli(args, env, 110_000)));
     results.forEach((result, i) => {
       const [args, line] = cases[i]!;
       expect({ args, code: result.code, line: oneLine(result.stderr) }).toEqual({ args, code: 2, line: `console-gateway: ${line}` });

@@ -11,14 +11,15 @@ import type { WebSocket, WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
+import { isSocketTarget, targetOf } from '../db/sessions.js';
 import { CATALOGUE, GatewayError, closeReason, toGatewayError, type ErrorCode } from '../errors.js';
 import { bridge } from './bridge.js';
 import type { Consoles, LiveConsole } from './consoles.js';
 import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
+import { checkTarget, rulesOf } from './vm-endpoint.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
-import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { waitForSession } from './wait.js';
@@ -99,17 +100,17 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
-    const address = await resolveTarget(session.target_host!, config.targetAllowedCidrs);
-    const vm = await dial(address, session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal);
+    const target = targetOf(session)!;
+    const vm = await dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal);
     socket.off('close', browserGone);
-    if (session.protocol === 'websockify') {
+    if (session.protocol === 'websockify' && !isSocketTarget(target)) {
       // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
       if (claims.viewOnly) {
         vm.destroy();
         throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
       }
-      const hostHeader = `${session.target_host}:${session.target_port}`;
-      const path = session.target_path ?? '/';
+      const hostHeader = `${target.host}:${target.port}`;
+      const path = target.path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
       answered = true;
       await pipeRaw(deps, log, session.id, socket, vm);

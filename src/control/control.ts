@@ -4,9 +4,10 @@ import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
 import type { Database, Protocol, SessionRow } from '../db/schema.js';
-import { commitTarget, createSession, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
+import { commitTarget, createSession, isSocketTarget, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
 import { GatewayError } from '../errors.js';
-import { resolveTarget, validateTargetShape, type Resolver } from '../console/target.js';
+import { validateTargetShape, type Resolver } from '../console/target.js';
+import { checkTarget, rulesOf } from '../console/vm-endpoint.js';
 import type { Tickets } from '../console/ticket.js';
 
 export interface ControlDeps {
@@ -35,10 +36,18 @@ export function requireId(id: string): string {
   return id.toLowerCase();
 }
 
-/** Validates and checks a target against TARGET_ALLOWED_CIDRS (every resolved address). */
-async function checkedTarget(deps: ControlDeps, raw: unknown): Promise<Target> {
-  const target = validateTargetShape(objectBody(raw));
-  await resolveTarget(target.host, deps.config.targetAllowedCidrs, deps.resolver);
+/**
+ * Validates a target and checks where it points: every resolved address against
+ * TARGET_ALLOWED_CIDRS, a socket path against TARGET_ALLOWED_SOCKET_DIRS. Checked again at every
+ * dial; a socket that does not exist yet is fine here (the VM may not have started).
+ */
+async function checkedTarget(deps: ControlDeps, raw: unknown, protocol: Protocol): Promise<Target> {
+  const target = validateTargetShape(objectBody(raw), protocol);
+  try {
+    await checkTarget(target, rulesOf(deps.config, deps.resolver));
+  } catch (error) {
+    if (!(error instanceof GatewayError && error.code === 'DIAL_FAILED' && isSocketTarget(target))) throw error;
+  }
   return target;
 }
 
@@ -51,7 +60,7 @@ export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Prom
   if (ownerId !== undefined && ownerId !== null && (typeof ownerId !== 'string' || ownerId.length === 0 || ownerId.length > OWNER_MAX)) {
     throw new GatewayError('BAD_REQUEST', `ownerId must be a string of 1-${OWNER_MAX} characters`);
   }
-  const checked = target === undefined || target === null ? null : await checkedTarget(deps, target);
+  const checked = target === undefined || target === null ? null : await checkedTarget(deps, target, protocol);
   const row = await createSession(deps.db, {
     ...(id !== undefined ? { id: (id as string).toLowerCase() } : {}),
     protocol: protocol as Protocol,
@@ -68,9 +77,10 @@ export async function getSessionOp(deps: ControlDeps, id: string): Promise<Sessi
 
 export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unknown): Promise<SessionView> {
   const body = objectBody(rawBody);
-  rejectUnknown(body, ['host', 'port', 'path']);
-  const target = await checkedTarget(deps, body);
-  return viewOf(await commitTarget(deps.db, requireId(id), target, deps.config.readyGatingEnabled));
+  rejectUnknown(body, ['host', 'port', 'path', 'webRoot', 'socket']);
+  const session = await requireSession(deps.db, requireId(id));
+  const target = await checkedTarget(deps, body, session.protocol);
+  return viewOf(await commitTarget(deps.db, session.id, target, deps.config.readyGatingEnabled));
 }
 
 /** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */

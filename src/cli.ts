@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The one executable, `console-gateway <command>`. Every command prints JSON on success and exits
 // non-zero with one clear line on bad input or an unreachable database.
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
@@ -23,6 +24,7 @@ const USAGE = `usage: console-gateway <command>
   session target ID TARGET
       TARGET: --host H --port P [--path P] [--no-web-root]   (--no-web-root: websockify, no noVNC pages)
           or: --socket /abs/path                            (vnc on a unix socket)
+      and for vnc: [--password-file F | --password-stdin]    (stored VNC credentials)
   session stop ID
   ticket ID [--ttl SECONDS] [--view-only]
   diagnose ID                         admin diagnostics; exit 0 when healthy
@@ -35,21 +37,51 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-function targetFrom(values: Record<string, unknown>, required: boolean): Record<string, unknown> | undefined {
+async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<Record<string, unknown> | undefined> {
   const { host, port, path, socket } = values as { host?: string; port?: string; path?: string; socket?: string };
   const webRoot = values['no-web-root'] === true ? { webRoot: false } : {};
   if (socket !== undefined) {
     if (host !== undefined || port !== undefined || path !== undefined) throw new UsageError('--socket stands alone: no --host, --port or --path');
-    return { socket, ...webRoot };
+    return { socket, ...webRoot, ...(await credentialsFrom(values)) };
   }
   if (host === undefined && port === undefined) {
     if (required) throw new UsageError('--host and --port (or --socket) are required');
+    if (values['password-file'] !== undefined || values['password-stdin']) throw new UsageError('a password goes with --host and --port');
     if (values['no-web-root'] === true) throw new UsageError('--no-web-root needs --host and --port');
     return undefined;
   }
   if (host === undefined || port === undefined) throw new UsageError('--host and --port go together');
   if (!/^\d+$/.test(port)) throw new UsageError('--port must be a number');
-  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...webRoot };
+  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...webRoot, ...(await credentialsFrom(values)) };
+}
+
+async function credentialsFrom(values: Record<string, unknown>): Promise<{ credentials?: { password: string } }> {
+  const password = await passwordFrom(values);
+  return password !== undefined ? { credentials: { password } } : {};
+}
+
+/** The VNC password from a file or stdin, never from argv (where `ps` and shell history see it). */
+async function passwordFrom(values: Record<string, unknown>): Promise<string | undefined> {
+  const file = values['password-file'] as string | undefined;
+  if (file !== undefined && values['password-stdin']) throw new UsageError('use --password-file or --password-stdin, not both');
+  let text: string;
+  if (file !== undefined) {
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (error) {
+      throw new UsageError(`--password-file ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  } else if (values['password-stdin']) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    text = Buffer.concat(chunks).toString('utf8');
+  } else {
+    return undefined;
+  }
+  // One trailing newline is the file's or the pipe's, not the password's.
+  const password = text.replace(/\r?\n$/, '');
+  if (password === '') throw new UsageError('the password is empty');
+  return password;
 }
 
 async function withControl<T>(config: Config, run: (deps: ControlDeps) => Promise<T>): Promise<T> {
@@ -78,6 +110,8 @@ async function main(argv: string[]): Promise<number> {
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
     once: { type: 'boolean' },
+    'password-file': { type: 'string' },
+    'password-stdin': { type: 'boolean' },
   } as const;
   const parse = (args: string[]) => {
     try {
@@ -139,7 +173,7 @@ async function main(argv: string[]): Promise<number> {
       if (sub === 'create') {
         if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
         if (values.protocol === undefined) throw new UsageError('--protocol vnc|websockify is required');
-        const target = targetFrom(values, false);
+        const target = await targetFrom(values, false);
         print(
           await withControl(config, (deps) =>
             createSessionOp(deps, {
@@ -155,7 +189,7 @@ async function main(argv: string[]): Promise<number> {
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError(`session ${sub ?? '<create|target|stop>'} takes one session ID`);
       if (sub === 'target') {
-        const target = targetFrom(values, true)!;
+        const target = (await targetFrom(values, true))!;
         print(await withControl(config, (deps) => commitTargetOp(deps, id, target)));
         return 0;
       }

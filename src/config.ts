@@ -28,6 +28,7 @@ export interface Config {
   readonly maxDurationSeconds: number;
   readonly maxConsoles: number;
   readonly drainTimeoutSeconds: number;
+  readonly headersTimeoutSeconds: number;
   readonly migrateOnStart: boolean;
   readonly readyGatingEnabled: boolean;
   readonly readyTimeoutSeconds: number;
@@ -41,6 +42,8 @@ export interface Config {
   readonly reconciliationIntervalSeconds: number;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
+  readonly credentialsKey: Uint8Array | undefined;
 }
 
 export class ConfigError extends Error {
@@ -170,6 +173,8 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
   const controlToken = str('CONTROL_TOKEN');
   if (controlToken !== undefined && controlToken.length < 16) problems.push('CONTROL_TOKEN must be at least 16 characters');
 
+  const credentialsKey = base64Key(env.CREDENTIALS_KEY, 'CREDENTIALS_KEY', problems);
+
   const config: Config = {
     port,
     host,
@@ -193,6 +198,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxDurationSeconds: num('CONSOLE_MAX_DURATION_SECONDS', 0, 0),
     maxConsoles: num('MAX_CONSOLES', 20000, 0),
     drainTimeoutSeconds: num('DRAIN_TIMEOUT_SECONDS', 20, 0, 3600, false),
+    headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300),
     migrateOnStart: bool('MIGRATE_ON_START', true),
     readyGatingEnabled: bool('NOVNC_READY_GATING_ENABLED', true),
     readyTimeoutSeconds: num('NOVNC_READY_TIMEOUT_SECONDS', 120, 0.1, 86400, false),
@@ -206,7 +212,20 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    credentialsKey,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+/** A 32-byte key given as base64 (`openssl rand -base64 32`); the problem names only its length. */
+function base64Key(raw: string | undefined, name: string, problems: string[]): Uint8Array | undefined {
+  const text = raw?.trim();
+  if (text === undefined || text === '') return undefined;
+  const key = /^[A-Za-z0-9+/_-]+={0,2}$/.test(text) ? Buffer.from(text, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) {
+    problems.push(`${name} must be 32 bytes in base64 (openssl rand -base64 32), got ${key.length === 0 ? 'no base64' : `${key.length} bytes`}`);
+    return undefined;
+  }
+  return new Uint8Array(key);
 }

@@ -1,5 +1,5 @@
 // Every failure the gateway can report, declared once with its HTTP status, WebSocket close code
-// (DESIGN.md "Upgrade outcomes") and log level. Callers branch on `code`, never on message text.
+// (README "What the browser sees") and log level. Callers branch on `code`, never on message text.
 // Messages are shown to people (the console page prints the close reason), so they must never hold
 // a ticket, a token, a URL query or a secret.
 
@@ -18,7 +18,6 @@ export const CATALOGUE = {
   TICKET_USED: { status: 401, close: 4401, level: 'warn' },
   ORIGIN_FORBIDDEN: { status: 403, close: 4403, level: 'warn' },
   TARGET_FORBIDDEN: { status: 403, close: 4403, level: 'warn' },
-  VIEW_ONLY_UNSUPPORTED: { status: 403, close: 4403, level: 'info' },
   SESSION_NOT_FOUND: { status: 404, close: 4404, level: 'info' },
   SESSION_ENDED: { status: 409, close: 4409, level: 'info' },
   WAIT_TIMEOUT: { status: 504, close: 1013, level: 'warn' },
@@ -26,9 +25,22 @@ export const CATALOGUE = {
   PORTS_EXHAUSTED: { status: 503, close: 1013, level: 'warn' },
   TARGET_UNRESOLVABLE: { status: 422, close: 4502, level: 'warn' },
   DIAL_FAILED: { status: 502, close: 4502, level: 'warn' },
+  VM_AUTH_FAILED: { status: 502, close: 4502, level: 'warn' },
+  CREDENTIALS_UNAVAILABLE: { status: 500, close: 1011, level: 'error' },
   IDLE_TIMEOUT: { status: 408, close: 4408, level: 'info' },
   MAX_DURATION: { status: 408, close: 4408, level: 'info' },
+  // How a live console ends (never an HTTP answer; the status is for the catalogue's shape only).
   VM_CLOSED: { status: 502, close: 1000, level: 'info' },
+  VM_CONNECTION_LOST: { status: 502, close: 4502, level: 'warn' },
+  BROWSER_CLOSED: { status: 499, close: 1000, level: 'info' },
+  BROWSER_UNRESPONSIVE: { status: 408, close: 4408, level: 'info' },
+  VIEW_ONLY_VIOLATION: { status: 403, close: 1008, level: 'warn' },
+  // The browser's own frames broke the protocol (RFC 6455 §7.4.1); words in browserFrameError.
+  BROWSER_PROTOCOL_ERROR: { status: 400, close: 1002, level: 'info' },
+  BROWSER_TEXT_FRAME: { status: 400, close: 1003, level: 'info' },
+  BROWSER_INVALID_UTF8: { status: 400, close: 1007, level: 'info' },
+  BROWSER_TOO_FRAGMENTED: { status: 400, close: 1008, level: 'info' },
+  BROWSER_FRAME_TOO_LARGE: { status: 413, close: 1009, level: 'info' },
   SHUTTING_DOWN: { status: 503, close: 1001, level: 'info' },
   DATABASE_UNAVAILABLE: { status: 503, close: 1011, level: 'error' },
   INTERNAL: { status: 500, close: 1011, level: 'error' },
@@ -77,4 +89,26 @@ export function closeReason(message: string): string {
     out += ch;
   }
   return out + '…';
+}
+
+/**
+ * The words for a close the WebSocket library makes on its own when a browser frame breaks the
+ * protocol: it sends the code alone, and a page can say nothing useful about an empty reason.
+ * `maxMessageKiB` is the size limit the server enforces. Undefined for any other code.
+ */
+export function browserFrameError(closeCode: number, maxMessageKiB: number): GatewayError | undefined {
+  switch (closeCode) {
+    case 1002:
+      return new GatewayError('BROWSER_PROTOCOL_ERROR', 'the browser sent a malformed WebSocket frame; reload the page');
+    case 1003:
+      return new GatewayError('BROWSER_TEXT_FRAME', 'text frames are not supported; the console speaks binary RFB');
+    case 1007:
+      return new GatewayError('BROWSER_INVALID_UTF8', 'the browser sent text that is not valid UTF-8; reload the page');
+    case 1008:
+      return new GatewayError('BROWSER_TOO_FRAGMENTED', 'the browser split a message into too many fragments; reload the page');
+    case 1009:
+      return new GatewayError('BROWSER_FRAME_TOO_LARGE', `the browser sent a message over ${maxMessageKiB} KiB; console input is small, reload the page`);
+    default:
+      return undefined;
+  }
 }

@@ -2,6 +2,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
+import { closesCount, expectEnding } from './helpers/endings.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
 
 let gateway: TestGateway;
@@ -25,14 +26,14 @@ afterAll(async () => {
   await new Promise((resolve) => vmServer.close(resolve));
 });
 
-async function consoleTo(): Promise<{ ws: WebSocket; vm: Socket }> {
+async function consoleTo(): Promise<{ ws: WebSocket; vm: Socket; id: string }> {
   const vmConnected = new Promise<Socket>((resolve) => (nextVm = resolve));
   const { port } = vmServer.address() as { port: number };
   const created = await gateway.api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port } });
   const ws = new WebSocket(`${gateway.wsUrl}?ticket=${await gateway.mint(created.body.id)}`, ['binary']);
   ws.on('error', () => {});
   await new Promise((resolve, reject) => ws.once('open', resolve).once('close', reject));
-  return { ws, vm: await vmConnected };
+  return { ws, vm: await vmConnected, id: created.body.id };
 }
 
 async function counter(direction: 'down' | 'up'): Promise<number> {
@@ -102,18 +103,27 @@ describe('the byte pump', () => {
     vm.resume();
   });
 
-  it('closes the browser side with 1000 and a reason when the VM ends the connection', async () => {
-    const { ws, vm } = await consoleTo();
+  it('closes the browser side with 1000 and a reason when the VM ends the connection, and counts and logs that close', async () => {
+    const { ws, vm, id } = await consoleTo();
+    const before = await closesCount(gateway, 1000);
     const closed = new Promise<[number, string]>((resolve) => ws.on('close', (c, r) => resolve([c, r.toString()])));
-    vm.end();
-    expect(await closed).toEqual([1000, 'the VM closed the console connection']);
+    ws.send(Buffer.from('hello'));
+    await new Promise((resolve) => vm.once('data', resolve));
+    vm.end(Buffer.from('bye'));
+    const [code, reason] = await closed;
+    expect([code, reason]).toEqual([1000, 'the VM closed the console connection']);
+    const line = await expectEnding(gateway, id, { code, reason }, before, 'VM_CLOSED');
+    expect(line).toMatchObject({ bytesDown: 3, bytesUp: 5, kind: 'vnc' });
   });
 
   it('closes the browser side with 4502 when the VM connection is reset', async () => {
-    const { ws, vm } = await consoleTo();
+    const { ws, vm, id } = await consoleTo();
+    const before = await closesCount(gateway, 4502);
     const closed = new Promise<[number, string]>((resolve) => ws.on('close', (c, r) => resolve([c, r.toString()])));
     vm.resetAndDestroy();
-    expect(await closed).toEqual([4502, 'lost the connection to the VM console']);
+    const [code, reason] = await closed;
+    expect([code, reason]).toEqual([4502, 'lost the connection to the VM console (ECONNRESET)']);
+    await expectEnding(gateway, id, { code, reason }, before, 'VM_CONNECTION_LOST');
   });
 
   it('closes the VM connection when the browser goes away', async () => {

@@ -1,8 +1,9 @@
 // Real VM consoles: QEMU (TCG, no disk, the SeaBIOS screen) behind the gateway, with the readiness
 // gate on, shown in headless Chromium on the gateway's own page. Four kinds of target: QEMU's VNC
 // on TCP, its native WebSocket listener (no web root) through a websockify session, its VNC with a
-// password, and its VNC on a unix socket. What the page draws is compared with what QEMU itself
+// password (asked by the page, or stored with the target), and its VNC on a unix socket. What the page draws is compared with what QEMU itself
 // says its display shows (QMP screendump).
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,6 +41,7 @@ beforeAll(async () => {
     NOVNC_READY_TIMEOUT_SECONDS: String(READY_TIMEOUT_SECONDS),
     TARGET_WAIT_TIMEOUT_SECONDS: '5',
     TARGET_ALLOWED_SOCKET_DIRS: sockets,
+    CREDENTIALS_KEY: randomBytes(32).toString('base64'),
   };
   [gateway, browser, vm, locked, onSocket] = await Promise.all([
     startTestGateway(env, database.url),
@@ -163,6 +165,15 @@ describe('QEMU consoles in Chromium, readiness gate on', () => {
     await page.fill('#password', PASSWORD);
     await page.click('#password-submit');
     await expect.poll(() => state(page), { timeout: 15_000 }).toBe('connected');
+    await expectFirmwareScreen(page, locked);
+    await page.close();
+  });
+
+  it('connects to a QEMU with a password without asking, when the password is stored with the target', async () => {
+    const id = await readySession('vnc', { host: '127.0.0.1', port: locked.port, credentials: { password: PASSWORD } });
+    const page = await openPage(id);
+    await expect.poll(() => state(page), { timeout: 15_000 }).toBe('connected');
+    expect(await page.locator('#password-dialog').isHidden()).toBe(true);
     await expectFirmwareScreen(page, locked);
     await page.close();
   });

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openStore, type Store } from '../src/db/open.js';
 import { migrateToLatest } from '../src/db/migrations.js';
 import { createLogger } from '../src/ops/log.js';
-import { Tickets, mintTicket } from '../src/console/ticket.js';
+import { CLOCK_TOLERANCE_SECONDS, Tickets, mintTicket } from '../src/console/ticket.js';
 import { GatewayError } from '../src/errors.js';
 
 const SECRET = new TextEncoder().encode('a-shared-secret-of-at-least-32-bytes!!');
@@ -109,7 +109,7 @@ describe('ticket verification', () => {
 
   it('refuses a lifetime over the maximum', async () => {
     const error = await rejection(tickets().verify(await sign(good({ exp: now() + 3600 }))));
-    expect(error.message).toMatch(/lifetime over 300 s/);
+    expect(error.message).toBe('ticket lifetime exceeds the maximum of 300 s');
   });
 
   it('refuses alg none', async () => {
@@ -168,3 +168,34 @@ describe('ticket consumption', () => {
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
   });
 });
+
+// Each signing mode the gateway accepts: the shared secret, and a frontend's private key checked
+// against the JWKS. The bad claims are signed properly, so only the lifetime checks can refuse them.
+const signers = [
+  ['HS256', (claims: Record<string, unknown>) => sign(claims)],
+  ['EdDSA (JWKS)', (claims: Record<string, unknown>) => sign(claims, edKeys.privateKey, { alg: 'EdDSA', kid: 'ed' })],
+  ['ES256 (JWKS)', (claims: Record<string, unknown>) => sign(claims, ecKeys.privateKey, { alg: 'ES256', kid: 'ec' })],
+] as const;
+
+describe.each(signers)('the lifetime of a %s ticket, bounded by the gateway clock', (_alg, signed) => {
+  it('refuses a ticket issued in the future, however short its own lifetime', async () => {
+    const yearAhead = now() + 365 * 86400;
+    const error = await rejection(tickets().verify(await signed(good({ iat: yearAhead, exp: yearAhead + 300 }))));
+    expect(error).toMatchObject({ code: 'TICKET_INVALID', closeCode: 4401 });
+    expect(error.message).toBe('ticket issued in the future: check the clock of the system that minted it');
+    // Just past the tolerance is refused too.
+    const justPast = now() + CLOCK_TOLERANCE_SECONDS + 2;
+    expect((await rejection(tickets().verify(await signed(good({ iat: justPast, exp: justPast + 60 }))))).message).toMatch(/issued in the future/);
+  });
+
+  it('refuses an exp further ahead than the maximum lifetime plus the tolerance', async () => {
+    const error = await rejection(tickets().verify(await signed(good({ iat: now(), exp: now() + 300 + CLOCK_TOLERANCE_SECONDS + 5 }))));
+    expect(error).toMatchObject({ code: 'TICKET_INVALID', closeCode: 4401, message: 'ticket lifetime exceeds the maximum of 300 s' });
+  });
+
+  it('accepts a minting clock ahead by less than the tolerance', async () => {
+    const ahead = now() + CLOCK_TOLERANCE_SECONDS - 2;
+    await expect(tickets().verify(await signed(good({ iat: ahead, exp: ahead + 300 })))).resolves.toMatchObject({ viewOnly: false });
+  });
+});
+

@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { ViewOnlyFilter } from '../src/console/view-only.js';
 import { mintTicket } from '../src/console/ticket.js';
-import { SECRET, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { closesCount, expectEnding } from './helpers/endings.js';
+import { SECRET, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { startWebsockify, type Websockify } from './helpers/websockify.js';
 
 const version = Buffer.from('RFB 003.008\n');
 const pointer = Buffer.from([5, 1, 0, 10, 0, 20]);
@@ -39,6 +41,7 @@ describe('view-only tickets through the gateway', () => {
   let gateway: TestGateway;
   let vm: Server;
   let received: Buffer[] = [];
+  let websockify: Websockify;
   beforeAll(async () => {
     gateway = await startTestGateway();
     vm = createServer((socket) => {
@@ -46,14 +49,15 @@ describe('view-only tickets through the gateway', () => {
       socket.on('data', (d) => received.push(d));
     });
     await new Promise<void>((r) => vm.listen(0, '127.0.0.1', r));
+    websockify = await startWebsockify((vm.address() as { port: number }).port);
   });
   afterAll(async () => {
     await gateway?.stop();
+    await websockify?.close();
     vm?.close();
   });
 
-  const sessionTo = async (protocol = 'vnc') => {
-    const { port } = vm.address() as { port: number };
+  const sessionTo = async (protocol = 'vnc', port = (vm.address() as { port: number }).port) => {
     return (await gateway.api('POST', '/api/v1/sessions', { protocol, target: { host: '127.0.0.1', port } })).body.id as string;
   };
 
@@ -79,9 +83,33 @@ describe('view-only tickets through the gateway', () => {
     expect(await closed).toEqual([1008, 'view-only console: cannot pass client protocol version (RFB 3.7 or later is needed)']);
   });
 
-  it('refuses a view-only ticket for a websockify pass-through session with 4403', async () => {
-    const id = await sessionTo('websockify');
+  it('filters the input of a view-only console passed through to a real websockify', async () => {
+    received = [];
+    const id = await sessionTo('websockify', websockify.port);
     const { ticket } = await mintTicket({ sessionId: id, key: SECRET, viewOnly: true });
-    expect(await openConsole(`${gateway.wsUrl}?ticket=${ticket}`)).toMatchObject({ code: 4403, reason: expect.stringMatching(/view-only/) });
+    const ws = new WebSocket(`${gateway.wsUrl}?ticket=${ticket}`, ['binary']);
+    await new Promise((r) => ws.once('open', r));
+    // Frames of every size, one RFB message split across several of them.
+    for (let at = 0; at < stream.length; ) {
+      const size = 1 + (at % 7);
+      ws.send(stream.subarray(at, at + size));
+      at += size;
+    }
+    await expect.poll(() => Buffer.concat(received).length, { timeout: 5000 }).toBe(allowed.length);
+    expect(Buffer.concat(received).equals(allowed)).toBe(true);
+    ws.close();
+  });
+
+  it('closes a view-only pass-through console with 1008 when its input cannot be parsed, and counts and logs it', async () => {
+    const id = await sessionTo('websockify', websockify.port);
+    const { ticket } = await mintTicket({ sessionId: id, key: SECRET, viewOnly: true });
+    const before = await closesCount(gateway, 1008);
+    const ws = new WebSocket(`${gateway.wsUrl}?ticket=${ticket}`, ['binary']);
+    const closed = new Promise<[number, string]>((r) => ws.on('close', (c, reason) => r([c, reason.toString()])));
+    await new Promise((r) => ws.once('open', r));
+    ws.send(Buffer.from('RFB 003.003\n'));
+    const [code, reason] = await closed;
+    expect([code, reason]).toEqual([1008, 'view-only console: cannot pass client protocol version (RFB 3.7 or later is needed)']);
+    await expectEnding(gateway, id, { code, reason }, before, 'VIEW_ONLY_VIOLATION');
   });
 });

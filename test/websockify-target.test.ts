@@ -88,7 +88,7 @@ describe('websockify targets', () => {
     expect(await openConsole(`${gateway.wsUrl}?ticket=${await gateway.mint(id)}`)).toMatchObject({ code: 4502, reason: expect.stringMatching(/refused/) });
   });
 
-  it('closes the target connection when the browser leaves, and the browser connection when the session stops', async () => {
+  it('closes the target connection when the browser leaves, and the browser connection with 4409 when the session stops', async () => {
     const id = await websockifySession(recorderPort());
     const first = new WebSocket(`${gateway.wsUrl}?ticket=${await gateway.mint(id)}`, ['binary']);
     await new Promise((r) => first.once('message', r));
@@ -100,9 +100,9 @@ describe('websockify targets', () => {
     const second = new WebSocket(`${gateway.wsUrl}?ticket=${await gateway.mint(id)}`, ['binary']);
     second.on('error', () => {});
     await new Promise((r) => second.once('message', r));
-    const closed = new Promise((r) => second.once('close', r));
+    const closed = new Promise<[number, string]>((r) => second.once('close', (c, reason) => r([c, reason.toString()])));
     await gateway.api('DELETE', `/api/v1/sessions/${id}`);
-    await closed;
+    expect(await closed).toEqual([4409, 'the console session was stopped']);
     await vi.waitFor(() => expect(targetSockets.size).toBe(0));
     await vi.waitFor(() => expect(gateway.running.gateway.consoles.live.size).toBe(0));
   });

@@ -4,87 +4,114 @@
 // `highWaterMark` bytes (plus one read) wait for the browser, at most one message for the VM.
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { CATALOGUE, closeReason, toGatewayError } from '../errors.js';
+import { toGatewayError } from '../errors.js';
 import type { Traffic } from '../ops/metrics.js';
+import { TEXT_FRAME_REFUSED } from './browser-frames.js';
+import type { OnStop, Pump, PumpStats } from './pump.js';
 import type { ViewOnlyFilter } from './view-only.js';
 
-export interface BridgeState {
-  lastActivity: number;
+export interface BridgeOptions {
+  highWaterMark: number;
+  traffic: Traffic;
+  viewOnly?: ViewOnlyFilter | undefined;
+  onStop: OnStop;
 }
-
-export type BridgeEnd = 'browser' | 'vm' | 'vm-error';
 
 const SEND_OPTIONS = { binary: true } as const;
 
 /**
- * Pipes `ws` ⇄ `tcp` until either side ends; an end or error on one side tears down the other with
- * the documented close code. Resolves once both connections are closed, with who ended it.
- * `browser` is the socket under `ws`: its 'close' is the end of the browser side even when `ws`
- * is paused and would otherwise emit 'close' only after its receiver drains.
+ * Pipes `ws` ⇄ `tcp` until either side ends or the owner closes it. `browser` is the socket under
+ * `ws`: its 'close' is the end of the browser side even when `ws` is paused and would otherwise
+ * emit 'close' only after its receiver drains.
  */
-export function bridge(
-  ws: WebSocket,
-  browser: Socket,
-  tcp: Socket,
-  highWaterMark: number,
-  traffic: Traffic,
-  state: BridgeState,
-  viewOnly?: ViewOnlyFilter,
-): Promise<BridgeEnd> {
-  return new Promise((resolve) => {
-    let ended: BridgeEnd | undefined;
-    let open = 2;
-    const closed = () => --open === 0 && resolve(ended!);
+export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: BridgeOptions): Pump {
+  const { highWaterMark, traffic, viewOnly, onStop } = options;
+  const stats: PumpStats = { down: 0, up: 0, lastActivity: Date.now() };
+  let lost: string | undefined;
 
-    const resumeTcp = () => tcp.resume();
-    tcp.on('data', function tcpOnData(chunk: Buffer) {
-      state.lastActivity = Date.now();
-      traffic.down += chunk.length;
-      // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
-      const over = ws.bufferedAmount + chunk.length > highWaterMark;
-      ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
-      if (over) tcp.pause();
-    });
-    tcp.on('drain', function tcpOnDrain() {
-      ws.resume();
-    });
-    tcp.on('error', function tcpOnError() {
-      ended ??= 'vm-error';
-    });
-    tcp.on('close', function tcpOnClose() {
-      ended ??= 'vm';
-      // Read again, or the browser's answer to our close frame would wait behind a paused socket.
-      ws.resume();
-      if (ended === 'vm-error') ws.close(CATALOGUE.DIAL_FAILED.close, closeReason('lost the connection to the VM console'));
-      else ws.close(CATALOGUE.VM_CLOSED.close, 'the VM closed the console connection');
-      closed();
-    });
+  const resumeTcp = () => tcp.resume();
+  tcp.on('data', function tcpOnData(chunk: Buffer) {
+    stats.lastActivity = Date.now();
+    stats.down += chunk.length;
+    traffic.down += chunk.length;
+    // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
+    const over = ws.bufferedAmount + chunk.length > highWaterMark;
+    ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
+    if (over) tcp.pause();
+  });
+  tcp.on('drain', function tcpOnDrain() {
+    ws.resume();
+  });
+  tcp.on('error', function tcpOnError(error: NodeJS.ErrnoException) {
+    lost ??= error.code ?? 'error';
+  });
+  tcp.on('close', function tcpOnClose() {
+    if (lost === undefined) onStop({ code: 'VM_CLOSED', message: 'the VM closed the console connection' });
+    else onStop({ code: 'VM_CONNECTION_LOST', message: `lost the connection to the VM console (${lost})` });
+  });
 
-    ws.on('message', function wsOnMessage(data: Buffer) {
-      state.lastActivity = Date.now();
-      traffic.up += data.length;
-      let bytes = data;
-      if (viewOnly !== undefined) {
-        try {
-          bytes = viewOnly.filter(data);
-        } catch (error) {
-          const failure = toGatewayError(error);
-          ws.close(failure.closeCode, closeReason(failure.message));
-          tcp.destroy();
-          return;
-        }
-        if (bytes.length === 0) return;
+  ws.on('message', function wsOnMessage(data: Buffer, isBinary: boolean) {
+    // The console speaks binary RFB and noVNC never sends text: none of it reaches the VM.
+    if (!isBinary) return onStop(TEXT_FRAME_REFUSED);
+    stats.lastActivity = Date.now();
+    stats.up += data.length;
+    traffic.up += data.length;
+    let bytes = data;
+    if (viewOnly !== undefined) {
+      try {
+        bytes = viewOnly.filter(data);
+      } catch (error) {
+        const failure = toGatewayError(error);
+        onStop({ code: failure.code, message: failure.message });
+        return;
       }
-      if (!tcp.write(bytes)) ws.pause();
-    });
-    ws.on('close', function wsOnClose() {
-      ended ??= 'browser';
-      tcp.destroy();
-    });
+      if (bytes.length === 0) return;
+    }
+    if (!tcp.write(bytes)) ws.pause();
+  });
+  ws.on('close', function wsOnClose(code: number) {
+    // 1006: the connection dropped without a close frame; 1002/1007/1009: ws refused a frame and
+    // already sent its close code.
+    onStop(code === 1002 || code === 1007 || code === 1009 ? browserProtocolError(code) : browserClosed);
+    tcp.destroy();
+  });
+
+  let alive = true;
+  ws.on('pong', () => (alive = true));
+
+  const done = new Promise<void>((resolve) => {
+    let open = 2;
+    const closed = () => --open === 0 && resolve();
+    tcp.once('close', closed);
     browser.once('close', function browserOnClose() {
-      ended ??= 'browser';
+      onStop(browserClosed);
       tcp.destroy();
       closed();
     });
   });
+
+  return {
+    stats,
+    done,
+    close(code, reason) {
+      // Read again, or the browser's answer to our close frame would wait behind a paused socket.
+      ws.resume();
+      ws.close(code, reason);
+      tcp.destroy();
+    },
+    heartbeat() {
+      // While the pump holds the browser back nothing is read, pongs included.
+      if (ws.isPaused) return true;
+      if (!alive) return false;
+      alive = false;
+      ws.ping();
+      return true;
+    },
+  };
+}
+
+const browserClosed = { code: 'BROWSER_CLOSED', message: 'the browser closed the console' } as const;
+
+function browserProtocolError(code: number) {
+  return { code: 'BROWSER_PROTOCOL_ERROR', message: 'the browser sent a frame the console cannot take', closeCode: code } as const;
 }

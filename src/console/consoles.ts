@@ -7,10 +7,14 @@ import type { SessionEvents } from '../db/events.js';
 export interface LiveConsole {
   readonly sessionId: string;
   readonly startedAt: number;
-  /** Updated by the pump on every chunk. */
-  lastActivity: number;
-  /** Ends the console with a documented code; idempotent. */
-  close(code: ErrorCode, message: string): void;
+  /** Date.now() of the last chunk either way (kept by the pump). */
+  readonly lastActivity: number;
+  /**
+   * Ends the console: the browser is sent a close frame with `code`'s close code from the error
+   * catalogue and `message` as its reason (for websockify pass-through too), the VM connection is
+   * closed, and the end is counted and logged once. Idempotent: the first reason wins.
+   */
+  end(code: ErrorCode, message: string): void;
   /** Sends a WebSocket ping; returns false when the previous ping went unanswered. */
   heartbeat?(): boolean;
 }
@@ -57,7 +61,7 @@ export class Consoles {
     let closed = 0;
     for (const c of this.live) {
       if (c.sessionId === sessionId) {
-        c.close('SESSION_ENDED', message);
+        c.end('SESSION_ENDED', message);
         closed++;
       }
     }
@@ -69,8 +73,9 @@ export class Consoles {
     for (const controller of this.waiting) controller.abort(reason);
   }
 
+  /** Ends every live console of this process (drain). */
   closeAll(code: ErrorCode, message: string): void {
-    for (const c of this.live) c.close(code, message);
+    for (const c of this.live) c.end(code, message);
   }
 
   private lastHeartbeat = Date.now();
@@ -82,11 +87,11 @@ export class Consoles {
     if (beat) this.lastHeartbeat = now;
     for (const c of this.live) {
       if (maxDurationMs > 0 && now - c.startedAt >= maxDurationMs) {
-        c.close('MAX_DURATION', `maximum console duration of ${Math.round(maxDurationMs / 1000)} s reached`);
+        c.end('MAX_DURATION', `maximum console duration of ${Math.round(maxDurationMs / 1000)} s reached`);
       } else if (idleTimeoutMs > 0 && now - c.lastActivity >= idleTimeoutMs) {
-        c.close('IDLE_TIMEOUT', `console idle for ${Math.round(idleTimeoutMs / 1000)} s`);
+        c.end('IDLE_TIMEOUT', `console idle for ${Math.round(idleTimeoutMs / 1000)} s`);
       } else if (beat && c.heartbeat?.() === false) {
-        c.close('VM_CLOSED', 'the browser stopped answering pings');
+        c.end('BROWSER_UNRESPONSIVE', 'the browser stopped answering pings');
       }
     }
   }

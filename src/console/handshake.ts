@@ -1,6 +1,6 @@
 // The browser's side of the handshake, before anything async: is it a well-formed upgrade on our
 // path (RFC 6455 §4.2.1), from an allowed origin, with a ticket, and which subprotocol to answer.
-import type { IncomingMessage } from 'node:http';
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Config } from '../config.js';
 import { GatewayError } from '../errors.js';
@@ -47,6 +47,7 @@ export function pathOf(req: IncomingMessage): string {
 // RFC 6455 §4.2.1: what a server must check before it may answer 101.
 export function handshakeProblem(req: IncomingMessage): string | undefined {
   if (req.method !== 'GET') return 'WebSocket upgrades must use GET';
+  if (!req.headers.host) return 'missing Host header';
   if (req.headers.upgrade?.toLowerCase() !== 'websocket') return 'Upgrade header must be websocket';
   const key = req.headers['sec-websocket-key'];
   if (key === undefined || !/^[+/0-9A-Za-z]{22}==$/.test(key)) return 'missing or invalid Sec-WebSocket-Key';
@@ -56,9 +57,19 @@ export function handshakeProblem(req: IncomingMessage): string | undefined {
 }
 
 export function writeHttpError(socket: Duplex, status: number, message: string): void {
-  const reason = status === 404 ? 'Not Found' : 'Bad Request';
+  const reason = STATUS_CODES[status] ?? 'Bad Request';
   const body = `${message}\n`;
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
+}
+
+/**
+ * The answer to a request Node could not parse ('clientError'): the status HTTP names for the
+ * problem, so balancers and access logs read it right (RFC 6585 §5 for 431, RFC 9110 for 408).
+ */
+export function clientErrorAnswer(error: NodeJS.ErrnoException): { status: number; message: string } {
+  if (error.code === 'HPE_HEADER_OVERFLOW') return { status: 431, message: 'request headers too large' };
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, message: 'request headers not received in time' };
+  return { status: 400, message: 'malformed HTTP request' };
 }

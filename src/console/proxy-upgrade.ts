@@ -1,7 +1,8 @@
 // WebSocket pass-through to a websockify endpoint with http-proxy: the browser's upgrade is
 // forwarded on a socket we already dialled (so dial errors and timeouts are ours, with our close
-// codes), and after the target's 101 the bytes flow raw both ways, without re-framing.
-// Settles exactly once; every error on either side destroys both sockets.
+// codes). After the target's 101 both sockets are handed to the pass-through pump
+// (pass-through.ts): http-proxy's own piping is taken down before a byte flows, so the pump alone
+// decides how the console ends. Settles exactly once.
 import { Agent, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -10,11 +11,31 @@ import { GatewayError } from '../errors.js';
 
 export type WsProxy = httpProxy;
 
+/** Target sockets switched to WebSocket whose hand-over waits for http-proxy's 'open'. */
+const handOvers = new WeakMap<Socket, () => void>();
+
 export function createWsProxy(): WsProxy {
   const proxy = httpProxy.createProxyServer({ ws: true, ignorePath: true, changeOrigin: true, xfwd: false });
   // Every call passes its own callback; this only keeps a stray emit from crashing the process.
   proxy.on('error', () => {});
+  // Emitted synchronously right after http-proxy wrote the 101 and piped the sockets, before any
+  // data flows (piping starts on the next tick).
+  proxy.on('open', (proxySocket: Socket) => handOvers.get(proxySocket)?.());
   return proxy;
+}
+
+/**
+ * Takes `browser` and `target` back from http-proxy: its pipes (which end one side when the other
+ * ends, with no close frame) and its error handlers (which end the browser's socket) are removed.
+ */
+function takeBack(browser: Duplex, target: Socket): void {
+  target.unpipe(browser);
+  browser.unpipe(target);
+  target.removeAllListeners('error');
+  browser.removeAllListeners('error');
+  // Unpiped streams are paused; the pump attaches its listeners and resumes them.
+  target.pause();
+  browser.pause();
 }
 
 /** Headers the browser sent to the gateway that must not reach a tenant's VM. */
@@ -31,7 +52,8 @@ function scrubHeaders(req: IncomingMessage): void {
 
 /**
  * Forwards the upgrade in `req` over `target` (connected to the websockify endpoint) to `path`.
- * Resolves with the target socket once both sides are switched and piping; rejects with
+ * Resolves with the target socket once both sides are switched (paused, nothing piped, no error
+ * listener left on either: the caller must add its own at once); rejects with
  * DIAL_FAILED when the target answers anything but 101. `refuse` runs synchronously on failure:
  * http-proxy ends the browser socket right after reporting an error, so a refusal written later
  * would be lost.
@@ -72,15 +94,11 @@ export function proxyUpgrade(
       proxyReq.on('upgrade', (_res: IncomingMessage, proxySocket: Socket) => {
         if (settled) return;
         settled = true;
-        const teardown = () => {
-          socket.destroy();
-          proxySocket.destroy();
-        };
-        for (const s of [socket, proxySocket]) {
-          s.on('error', teardown);
-          s.on('close', teardown);
-        }
-        resolve(proxySocket);
+        handOvers.set(proxySocket, () => {
+          handOvers.delete(proxySocket);
+          takeBack(socket, proxySocket);
+          resolve(proxySocket);
+        });
       });
     };
     proxy.on('proxyReqWs', onProxyReq);

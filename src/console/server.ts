@@ -5,6 +5,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
+import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
@@ -14,7 +15,7 @@ import type { Metrics } from '../ops/metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
 import { serveStatic } from './static.js';
 import type { Tickets } from './ticket.js';
-import { selectProtocol } from './handshake.js';
+import { clientErrorAnswer, selectProtocol, writeHttpError } from './handshake.js';
 import { createUpgradeHandler } from './upgrade.js';
 
 export interface GatewayOptions {
@@ -36,9 +37,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-// Browser → VM traffic is key and pointer events, update requests and clipboard text (RFC 6143
-// §7.5); a larger frame is not a console talking.
-const MAX_PAYLOAD_BYTES = 256 * 1024;
 const HEARTBEAT_MS = 30_000;
 const READY_PING_TIMEOUT_MS = 2_000;
 const CLOSE_GRACE_MS = 1_000;
@@ -56,7 +54,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const wss = new WebSocketServer({
     noServer: true,
     clientTracking: false,
-    maxPayload: MAX_PAYLOAD_BYTES,
+    maxPayload: MAX_BROWSER_MESSAGE_BYTES,
     // VNC encodings are compressed already; deflate would only cost CPU and memory per console.
     perMessageDeflate: false,
     handleProtocols: selectProtocol,
@@ -100,15 +98,21 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     }
   }
 
-  const server = createServer((req, res) => void onRequest(req, res));
+  const headersTimeout = config.headersTimeoutSeconds * 1000;
+  const server = createServer(
+    // Node looks for overdue headers only every connectionsCheckingInterval (30 s by default).
+    { headersTimeout, connectionsCheckingInterval: Math.min(1000, headersTimeout) },
+    (req, res) => void onRequest(req, res),
+  );
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
-  // A malformed request line or header: answer 400 and drop it, never crash.
-  server.on('clientError', (_error, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    else socket.destroy();
+  // A malformed, oversized or too slow request: answer what HTTP says and drop it, never crash.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return void socket.destroy();
+    const { status, message } = clientErrorAnswer(error);
+    writeHttpError(socket, status, message);
   });
   server.on(
     'upgrade',

@@ -31,7 +31,8 @@ export interface TicketOptions {
 
 const ASYMMETRIC = ['EdDSA', 'ES256'] as const;
 const MAX_TICKET_LENGTH = 4096;
-const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
+/** How far the minting clock may run ahead of or behind the gateway's (README "Tickets"). */
+export const CLOCK_TOLERANCE_SECONDS = 5;
 
 /** Reads TICKET_JWKS_FILE; throws a one-line error naming the file, never its content. */
 export async function readJwksFile(path: string): Promise<{ keys: object[] }> {
@@ -73,7 +74,7 @@ export class Tickets {
     if (token.length > MAX_TICKET_LENGTH || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token)) {
       throw new GatewayError('TICKET_INVALID', 'ticket invalid: not a compact JWS');
     }
-    const tolerance = this.options.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+    const tolerance = this.options.clockToleranceSeconds ?? CLOCK_TOLERANCE_SECONDS;
     let payload;
     try {
       // The key follows the algorithm in the header, so an HS256 token can never be checked
@@ -95,9 +96,7 @@ export class Tickets {
     const { sub, jti, exp, iat } = payload as { sub: string; jti: string; exp: number; iat: number };
     if (!isUuid(sub)) throw new GatewayError('TICKET_INVALID', 'ticket invalid: its subject is not a session id');
     if (typeof jti !== 'string' || jti.length === 0 || jti.length > 128) throw new GatewayError('TICKET_INVALID', 'ticket invalid: bad jti');
-    if (exp - iat > this.options.maxTtlSeconds) {
-      throw new GatewayError('TICKET_INVALID', `ticket invalid: lifetime over ${this.options.maxTtlSeconds} s`);
-    }
+    checkLifetime(iat, exp, this.options.maxTtlSeconds, tolerance);
     return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
   }
 
@@ -120,6 +119,20 @@ export class Tickets {
       throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
     }
     return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, audience: this.options.audience });
+  }
+}
+
+/**
+ * Bounds the lifetime against the gateway's own clock, not only against `iat`: a ticket with `iat`
+ * a year ahead and `exp = iat + 300` would otherwise work for a year.
+ */
+function checkLifetime(iat: number, exp: number, maxTtlSeconds: number, tolerance: number): void {
+  const now = Date.now() / 1000;
+  if (iat > now + tolerance) {
+    throw new GatewayError('TICKET_INVALID', 'ticket issued in the future: check the clock of the system that minted it');
+  }
+  if (exp - iat > maxTtlSeconds || exp > now + maxTtlSeconds + tolerance) {
+    throw new GatewayError('TICKET_INVALID', `ticket lifetime exceeds the maximum of ${maxTtlSeconds} s`);
   }
 }
 

@@ -1,7 +1,8 @@
 // The console path, top to bottom: origin → ticket → session → wait → target → dial → pipe → close.
 // The browser's handshake is completed only once the VM console answers, so every failure before
-// that point becomes a completed handshake closed with the documented code and reason (`refuse`,
-// the one place that turns an error into a close code, a log line and a metric), never a bare 1006.
+// that point becomes a completed handshake closed with the documented code and reason (`refuse`),
+// never a bare 1006. Once connected, the console is a live console (live-console.ts) until it ends;
+// both refusals and endings are counted and logged by endings.ts.
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
@@ -12,9 +13,13 @@ import type { Config } from '../config.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { isSocketTarget, targetOf } from '../db/sessions.js';
-import { CATALOGUE, GatewayError, closeReason, toGatewayError, type ErrorCode } from '../errors.js';
+import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
-import type { Consoles, LiveConsole } from './consoles.js';
+import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
+import type { Consoles } from './consoles.js';
+import { closeFrameOf, reportClose } from './endings.js';
+import { runLiveConsole } from './live-console.js';
+import { passThrough } from './pass-through.js';
 import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
@@ -22,6 +27,8 @@ import { checkTarget, rulesOf } from './vm-endpoint.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
+import { openCredentials } from './credentials.js';
+import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
 export interface UpgradeDeps {
@@ -100,24 +107,21 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
     }
 
+    const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const target = targetOf(session)!;
     const vm = await dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal);
+    if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
     socket.off('close', browserGone);
     if (session.protocol === 'websockify' && !isSocketTarget(target)) {
-      // The pass-through bytes are the target's WebSocket frames; input cannot be filtered there.
-      if (claims.viewOnly) {
-        vm.destroy();
-        throw new GatewayError('VIEW_ONLY_UNSUPPORTED', 'view-only consoles need a vnc session; this one is websockify');
-      }
       const hostHeader = `${target.host}:${target.port}`;
       const path = target.path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
       answered = true;
-      await pipeRaw(deps, log, session.id, socket, vm);
+      await pipeRaw(deps, log, session.id, socket, vm, claims.viewOnly);
     } else {
       const ws = accept(deps.wss, req, socket, head);
       answered = true;
-      await pipeVnc(deps, log, session.id, ws, socket, vm, claims.viewOnly ? new ViewOnlyFilter() : undefined);
+      await pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined });
     }
   } catch (error) {
     refuse(error);
@@ -146,15 +150,13 @@ function refuseUpgrade(deps: UpgradeDeps, log: Logger, req: IncomingMessage, soc
     return;
   }
   const failure = toGatewayError(error);
+  const reason = { code: failure.code, message: failure.message };
   deps.metrics.upgrades.inc({ outcome: failure.code });
-  deps.metrics.closes.inc({ code: String(failure.closeCode) });
-  log[failure.level](
-    { code: failure.code, closeCode: failure.closeCode, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) },
-    `console refused: ${failure.message}`,
-  );
+  reportClose(deps.metrics, log, 'console refused', reason, failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {});
   if (socket.destroyed || !socket.writable) return;
   const ws = accept(deps.wss, req, socket, head, true);
-  ws?.close(failure.closeCode, closeReason(failure.message));
+  const frame = closeFrameOf(reason);
+  ws?.close(frame.code, frame.reason);
 }
 
 /** Completes the browser's handshake synchronously (no verifyClient is configured). */
@@ -165,86 +167,42 @@ function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
+    explainProtocolCloses(ws);
     accepted = ws;
   });
   if (accepted === undefined && !optional) throw new BrowserGone();
   return accepted;
 }
 
-async function pipeVnc(
-  deps: UpgradeDeps,
-  log: Logger,
-  sessionId: string,
-  ws: WebSocket,
-  browser: Socket,
-  vm: Socket,
-  viewOnly: ViewOnlyFilter | undefined,
-): Promise<void> {
-  let alive = true;
-  ws.on('pong', () => (alive = true));
-  let closedBy: ErrorCode | undefined;
-  const live: LiveConsole = {
-    sessionId,
-    startedAt: Date.now(),
-    lastActivity: Date.now(),
-    close(code, message) {
-      closedBy ??= code;
-      ws.close(CATALOGUE[code].close, closeReason(message));
-      vm.destroy();
-    },
-    heartbeat() {
-      // While the pump holds the browser back nothing is read, pongs included.
-      if (ws.isPaused) return true;
-      if (!alive) return false;
-      alive = false;
-      ws.ping();
-      return true;
-    },
-  };
-  const ended = async () => {
-    const end = await bridge(ws, browser, vm, HIGH_WATER_MARK, deps.metrics.traffic, live, viewOnly);
-    // The code the gateway closed with: its own decision, else the bridge's answer to the VM side.
-    const code = closedBy !== undefined ? CATALOGUE[closedBy].close : end === 'vm' ? CATALOGUE.VM_CLOSED.close : end === 'vm-error' ? CATALOGUE.DIAL_FAILED.close : undefined;
-    if (code !== undefined) deps.metrics.closes.inc({ code: String(code) });
-    return closedBy ?? end;
-  };
-  await track(deps, log, live, ended);
+interface VncConsole {
+  ws: WebSocket;
+  browser: Socket;
+  vm: Socket;
+  viewOnly: boolean;
+  /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
+  greet: boolean;
 }
 
-async function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, socket: Socket, vm: Socket): Promise<void> {
-  let closedBy: string | undefined;
-  const live: LiveConsole = {
+function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
+  return runLiveConsole(deps, log, {
     sessionId,
-    startedAt: Date.now(),
-    lastActivity: Date.now(),
-    // The byte stream belongs to the target's WebSocket framing; a close frame of ours cannot be
-    // spliced into it, so ending a pass-through console drops both connections.
-    close(code) {
-      closedBy ??= code;
-      socket.destroy();
-      vm.destroy();
+    kind: 'vnc',
+    start: (onStop) => {
+      endOnBadFrames(c.ws, onStop);
+      const options = { highWaterMark: HIGH_WATER_MARK, traffic: deps.metrics.traffic, viewOnly: filter, onStop };
+      return c.greet ? greetThenBridge(c.ws, c.browser, c.vm, options) : bridge(c.ws, c.browser, c.vm, options);
     },
-  };
-  const traffic = deps.metrics.traffic;
-  vm.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), (traffic.down += chunk.length)));
-  socket.on('data', (chunk: Buffer) => ((live.lastActivity = Date.now()), (traffic.up += chunk.length)));
-  await track(deps, log, live, () => new Promise<string>((resolve) => socket.once('close', () => resolve(closedBy ?? 'closed'))));
+  });
 }
 
-async function track(deps: UpgradeDeps, log: Logger, live: LiveConsole, run: () => Promise<string>): Promise<void> {
-  deps.consoles.add(live);
-  deps.metrics.upgrades.inc({ outcome: 'connected' });
-  deps.metrics.consolesActive.inc();
-  log.info('console connected');
-  try {
-    const end = await run();
-    const seconds = (Date.now() - live.startedAt) / 1000;
-    deps.metrics.consoleSeconds.observe(seconds);
-    log.info({ end, seconds }, 'console closed');
-  } finally {
-    deps.consoles.delete(live);
-    deps.metrics.consolesActive.dec();
-  }
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
+  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
+  return runLiveConsole(deps, log, {
+    sessionId,
+    kind: 'websockify',
+    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
+  });
 }
 
 function socketOnError(this: Duplex): void {

@@ -32,14 +32,19 @@ function measure(b: Buffer): { length: number; drop: boolean } | undefined {
 }
 
 function refuse(what: string): GatewayError {
-  return new GatewayError('BAD_REQUEST', `view-only console: cannot pass client ${what}`);
+  return new GatewayError('VIEW_ONLY_VIOLATION', `view-only console: cannot pass client ${what}`);
 }
 
 export class ViewOnlyFilter {
-  private state: State = 'version';
+  private state: State;
   private pending: Buffer = Buffer.alloc(0);
 
-  /** Returns the bytes of `chunk` that may reach the VM; throws BAD_REQUEST on what it cannot parse. */
+  /** `init`: the gateway did the security handshake with the browser itself; ClientInit is next. */
+  constructor(start: 'version' | 'init' = 'version') {
+    this.state = start;
+  }
+
+  /** Returns the bytes of `chunk` that may reach the VM; throws VIEW_ONLY_VIOLATION on what it cannot parse. */
   filter(chunk: Buffer): Buffer {
     let b = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     const out: Buffer[] = [];

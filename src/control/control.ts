@@ -1,10 +1,12 @@
 // The control-plane operations, shared by the HTTP API and the CLI: input validation, target
 // checks and the database calls, so both surfaces answer the same inputs the same way.
+import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
 import type { Database, Protocol, SessionRow } from '../db/schema.js';
-import { commitTarget, createSession, isSocketTarget, isUuid, requireSession, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
+import { commitTarget, createSession, isSocketTarget, isUuid, requireSession, setTargetCredentials, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
+import { sealCredentials, validateCredentials } from '../console/credentials.js';
 import { GatewayError } from '../errors.js';
 import { validateTargetShape, type Resolver } from '../console/target.js';
 import { checkTarget, rulesOf } from '../console/vm-endpoint.js';
@@ -51,6 +53,24 @@ async function checkedTarget(deps: ControlDeps, raw: unknown, protocol: Protocol
   return target;
 }
 
+/**
+ * Splits `target.credentials` off a target body and seals it for session `id`: VNC credentials
+ * need a raw VNC target, where the gateway speaks RFB itself. undefined when none are given.
+ */
+function sealedFrom(deps: ControlDeps, id: string, protocol: Protocol, raw: unknown): string | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const credentials = validateCredentials(raw);
+  if (protocol !== 'vnc') {
+    throw new GatewayError('BAD_REQUEST', 'target.credentials need a vnc session: the gateway authenticates only where it speaks RFB itself');
+  }
+  return sealCredentials(deps.config.credentialsKey, id, credentials);
+}
+
+function withoutCredentials(raw: unknown): { target: Record<string, unknown>; credentials: unknown } {
+  const { credentials, ...target } = objectBody(raw);
+  return { target, credentials };
+}
+
 export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Promise<SessionView> {
   const body = objectBody(rawBody);
   rejectUnknown(body, ['id', 'protocol', 'ownerId', 'target']);
@@ -60,27 +80,35 @@ export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Prom
   if (ownerId !== undefined && ownerId !== null && (typeof ownerId !== 'string' || ownerId.length === 0 || ownerId.length > OWNER_MAX)) {
     throw new GatewayError('BAD_REQUEST', `ownerId must be a string of 1-${OWNER_MAX} characters`);
   }
-  const checked = target === undefined || target === null ? null : await checkedTarget(deps, target, protocol);
-  const row = await createSession(deps.db, {
-    ...(id !== undefined ? { id: (id as string).toLowerCase() } : {}),
-    protocol: protocol as Protocol,
-    ownerId: (ownerId as string | undefined) ?? null,
-    target: checked,
-    gatingEnabled: deps.config.readyGatingEnabled,
-  });
-  return viewOf(row);
+  // The id is fixed before sealing: it is bound into the sealed credentials.
+  const sessionId = id === undefined ? randomUUID() : (id as string).toLowerCase();
+  const parts = target === undefined || target === null ? undefined : withoutCredentials(target);
+  const sealed = parts === undefined ? undefined : sealedFrom(deps, sessionId, protocol, parts.credentials);
+  const checked = parts === undefined ? null : await checkedTarget(deps, parts.target, protocol);
+  const input = { id: sessionId, protocol: protocol as Protocol, ownerId: (ownerId as string | undefined) ?? null, target: checked, gatingEnabled: deps.config.readyGatingEnabled };
+  if (sealed === undefined) return viewOf(await createSession(deps.db, input));
+  // One transaction: the trigger's NOTIFY goes out on commit, when the credentials are there too.
+  return viewOf(await deps.db.transaction().execute(async (tx) => {
+    await createSession(tx, input);
+    return setTargetCredentials(tx, sessionId, sealed);
+  }));
 }
 
 export async function getSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
   return viewOf(await requireSession(deps.db, requireId(id)));
 }
 
+/** Commits the target; its credentials replace the stored ones (none given: none stored). */
 export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unknown): Promise<SessionView> {
-  const body = objectBody(rawBody);
+  const { target: body, credentials } = withoutCredentials(rawBody);
   rejectUnknown(body, ['host', 'port', 'path', 'webRoot', 'socket']);
   const session = await requireSession(deps.db, requireId(id));
   const target = await checkedTarget(deps, body, session.protocol);
-  return viewOf(await commitTarget(deps.db, session.id, target, deps.config.readyGatingEnabled));
+  const sealed = credentials === undefined || credentials === null ? null : (sealedFrom(deps, session.id, session.protocol, credentials) ?? null);
+  return viewOf(await deps.db.transaction().execute(async (tx) => {
+    await commitTarget(tx, session.id, target, deps.config.readyGatingEnabled);
+    return setTargetCredentials(tx, session.id, sealed);
+  }));
 }
 
 /** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */

@@ -7,7 +7,7 @@ import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
 import type { Database } from '../db/schema.js';
 import { describeTarget, requireSession, targetOf } from '../db/sessions.js';
-import { probeSession, type ProbeResult } from '../fleet/probe.js';
+import { probeSession, storedCredentials, type ProbeResult } from '../fleet/probe.js';
 import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from '../fleet/runtime-hook.js';
 
@@ -48,6 +48,7 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
       socketDirs: config.targetAllowedSocketDirs,
       readyPaths: config.readyPaths,
       attemptTimeoutMs: deps.probeTimeoutMs ?? 2_000,
+      ...storedCredentials(row, config),
     });
     probe = { ...result, ...(result.ok ? {} : { reason: scrub(result.reason) }), target: describeTarget(target) };
   }
@@ -72,7 +73,7 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
         status: row.status,
         protocol: row.protocol,
         owner: redactOwner(row.owner_id),
-        target: target === null ? null : { ...target },
+        target: target === null ? null : { ...target, ...(row.target_credentials !== null ? { credentials: { stored: true } } : {}) },
         port: port ?? null,
         createdAt: iso(row.created_at),
         updatedAt: iso(row.updated_at),

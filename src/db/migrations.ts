@@ -150,6 +150,26 @@ const migrations: Record<string, Migration> = {
         for each row execute function console_sessions_notify_socket()`.execute(db);
     },
   },
+  // Stored VNC credentials (sealed with CREDENTIALS_KEY; the column never holds a password in the
+  // clear) and the live-console registry every replica writes, so exclusive consoles, takeover and
+  // the live count work across replicas. A crashed replica stops renewing its rows: they expire.
+  '2026-12-01-04-consoles': {
+    async up(db: Kysely<any>) {
+      await sql`alter table console_sessions add column target_credentials text`.execute(db);
+      await sql`
+        create table console_live (
+          id text primary key,
+          session_id uuid not null references console_sessions (id) on delete cascade,
+          replica_id text not null,
+          view_only boolean not null,
+          exclusive boolean not null,
+          started_at timestamptz not null default now(),
+          expires_at timestamptz not null
+        )`.execute(db);
+      await sql`create index console_live_session on console_live (session_id)`.execute(db);
+      await sql`create index console_live_replica on console_live (replica_id)`.execute(db);
+    },
+  },
 };
 
 /** Brings the schema to the latest version; throws with the failing migration's name. */

@@ -28,6 +28,8 @@ export interface ConsoleSessionsTable {
   finished_at: Timestamp | null;
   probe_owner: string | null;
   probe_lease_until: Timestamp | null;
+  /** VNC credentials sealed with CREDENTIALS_KEY (src/console/credentials.ts); never returned. */
+  target_credentials: string | null;
   /** Set by the trigger when the session becomes provisioning or its target changes. */
   provisioning_since: ColumnType<Date | null, never, never>;
 }
@@ -45,8 +47,20 @@ export interface ConsolePortsTable {
   allocated_at: Generated<Date>;
 }
 
+/** One live console on one replica; renewed while it runs, so a crashed replica's rows expire. */
+export interface ConsoleLiveTable {
+  id: string;
+  session_id: string;
+  replica_id: string;
+  view_only: boolean;
+  exclusive: boolean;
+  started_at: Generated<Date>;
+  expires_at: Date;
+}
+
 export interface Database {
   console_sessions: ConsoleSessionsTable;
+  console_live: ConsoleLiveTable;
   consumed_tickets: ConsumedTicketsTable;
   console_ports: ConsolePortsTable;
 }

@@ -34,7 +34,7 @@ export interface SessionView {
   status: SessionStatus;
   protocol: Protocol;
   ownerId: string | null;
-  target: Target | null;
+  target: (Target & { credentials?: { stored: true } }) | null;
   createdAt: string;
   readyAt: string | null;
   finishedAt: string | null;
@@ -74,12 +74,17 @@ export function viewOf(row: SessionRow): SessionView {
     status: row.status,
     protocol: row.protocol,
     ownerId: row.owner_id,
-    target: targetOf(row),
+    target: storedMark(targetOf(row), row),
     createdAt: iso(row.created_at)!,
     readyAt: iso(row.ready_at),
     finishedAt: iso(row.finished_at),
     failureReason: row.failure_reason,
   };
+}
+
+/** A target answers whether credentials are stored, never what they are. */
+function storedMark(target: Target | null, row: SessionRow): (Target & { credentials?: { stored: true } }) | null {
+  return target !== null && row.target_credentials !== null ? { ...target, credentials: { stored: true } } : target;
 }
 
 export const isEnded = (status: SessionStatus): boolean => status === 'stopped' || status === 'failed';
@@ -176,4 +181,11 @@ export async function markReady(db: Kysely<Database>, id: string, probed: Target
     })
     .returningAll()
     .executeTakeFirst();
+}
+
+/** Replaces the sealed VNC credentials of a session's target (null: none are stored). */
+export async function setTargetCredentials(db: Kysely<Database>, id: string, sealed: string | null): Promise<SessionRow> {
+  const row = await db.updateTable('console_sessions').set({ target_credentials: sealed }).where('id', '=', id).returningAll().executeTakeFirst();
+  if (row === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
+  return row;
 }

@@ -16,7 +16,7 @@ import { portOf } from '../db/ports.js';
 import type { Database, SessionRow } from '../db/schema.js';
 import { describeTarget, markReady, targetOf, type Target } from '../db/sessions.js';
 import type { Metrics } from '../ops/metrics.js';
-import { probeSession, type ProbeResult } from './probe.js';
+import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
 
@@ -172,6 +172,7 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
       readyPaths: config.readyPaths,
       attemptTimeoutMs,
       signal,
+      ...storedCredentials(row, config),
     });
     if (signal.aborted) return;
     attempts++;

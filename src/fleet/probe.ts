@@ -12,6 +12,11 @@ import { GatewayError } from '../errors.js';
 import type { CidrList, Resolver } from '../console/target.js';
 import { checkTarget, type VmEndpoint } from '../console/vm-endpoint.js';
 import { isSocketTarget, type AddressTarget, type Target } from '../db/sessions.js';
+import { openCredentials, type Credentials } from '../console/credentials.js';
+import type { Config } from '../config.js';
+import type { SessionRow } from '../db/schema.js';
+import { authenticateVm } from '../console/rfb-auth.js';
+import { socketIo } from '../console/rfb-io.js';
 
 /** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
 export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };
@@ -26,6 +31,19 @@ export interface ProbeOptions {
   attemptTimeoutMs: number;
   signal?: AbortSignal;
   resolve?: Resolver;
+  /** A session's sealed VNC credentials: a `vnc` probe then authenticates, not just reads the banner. */
+  credentials?: StoredCredentials | undefined;
+}
+
+export interface StoredCredentials {
+  key: Uint8Array | undefined;
+  sessionId: string;
+  sealed: string | null;
+}
+
+/** The probe option for a session row's stored credentials (none stored: no option). */
+export function storedCredentials(row: Pick<SessionRow, 'id' | 'target_credentials'>, config: Pick<Config, 'credentialsKey'>): { credentials?: StoredCredentials } {
+  return row.target_credentials === null ? {} : { credentials: { key: config.credentialsKey, sessionId: row.id, sealed: row.target_credentials } };
 }
 
 const RFB_BANNER = /^RFB \d{3}\.\d{3}\n$/;
@@ -43,7 +61,9 @@ export async function probeSession(target: Target, protocol: Protocol, options: 
     const rules = { cidrs: options.allowed, socketDirs: options.socketDirs ?? [], ...(options.resolve ? { resolve: options.resolve } : {}) };
     const endpoint = await checkTarget(target, rules);
     if (protocol === 'vnc') {
-      await readVncBanner(endpoint, options);
+      const stored = options.credentials;
+      const credentials = stored === undefined ? undefined : openCredentials(stored.key, stored.sessionId, stored.sealed);
+      await (credentials === undefined ? readVncBanner(endpoint, options) : authenticate(endpoint, credentials, options));
     } else if ('host' in endpoint && !isSocketTarget(target)) {
       if (target.webRoot !== false && options.readyPaths.length > 0) await getReadyPage(endpoint.host, target, options);
       await readWebSocketBanner(endpoint.host, target, options);
@@ -136,6 +156,29 @@ function readVncBanner(endpoint: VmEndpoint, options: ProbeOptions): Promise<voi
       const banner = received.subarray(0, BANNER_BYTES);
       if (RFB_BANNER.test(banner.toString('latin1'))) resolve();
       else reject(new NotReady(`not an RFB banner: got ${shown(banner)}`));
+    });
+    return () => socket.destroy();
+  });
+}
+
+/** Connects and runs VNC authentication with the stored credentials, as the console path will. */
+function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: ProbeOptions): Promise<void> {
+  let connected = false;
+  const unix = 'path' in endpoint;
+  const budget = seconds(options.attemptTimeoutMs);
+  const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `${unix ? 'unix socket' : 'TCP'} connect timed out after ${budget}`);
+  return step<void>(options, timeout, ({ resolve, reject }) => {
+    const socket: Socket = connect(endpoint);
+    if (!unix) socket.setNoDelay(true);
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
+    );
+    socket.once('connect', () => {
+      connected = true;
+      authenticateVm(socketIo(socket), credentials).then(
+        () => resolve(),
+        (error: unknown) => reject(new NotReady(error instanceof GatewayError ? error.message : 'the VM closed the connection during VNC authentication')),
+      );
     });
     return () => socket.destroy();
   });

@@ -51,9 +51,10 @@ export interface HookOptions {
 }
 
 /** The configured values no hook output, diagnostic or report may show. */
-export function secretsOf(config: Pick<Config, 'ticketSecret' | 'controlToken' | 'databaseUrl'>): string[] {
+export function secretsOf(config: Pick<Config, 'ticketSecret' | 'controlToken' | 'databaseUrl'> & { credentialsKey?: Uint8Array | undefined }): string[] {
   const secrets = [config.controlToken, config.databaseUrl];
   if (config.ticketSecret !== undefined) secrets.push(new TextDecoder().decode(config.ticketSecret));
+  if (config.credentialsKey !== undefined) secrets.push(Buffer.from(config.credentialsKey).toString('base64'));
   return secrets.filter((s): s is string => s !== undefined);
 }
 

@@ -71,7 +71,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     }),
     closes: new Counter({
       name: 'console_gateway_closes_total',
-      help: 'Console WebSockets the gateway closed (refused, or ended while piping raw VNC), by close code',
+      help: 'Console WebSockets ended or refused, by the close code the browser was sent (1000 when the browser closed)',
       labelNames: ['code'],
       registers,
     }),

@@ -140,10 +140,15 @@ async function expectFirmwareScreen(page: Page, qemu: Qemu): Promise<void> {
 }
 
 describe('QEMU consoles in Chromium, readiness gate on', () => {
-  it('shows the firmware screen through a vnc session to QEMU on TCP', async () => {
+  it('shows the firmware screen through a vnc session to QEMU on TCP, and the keyboard reaches the VM', async () => {
     const id = await readySession('vnc', { host: '127.0.0.1', port: vm.port });
     const page = await openPage(id);
     await expect.poll(() => state(page), { timeout: 15_000 }).toBe('connected');
+    await expectFirmwareScreen(page, vm);
+    // Input reaches the VM: the page's Ctrl+Alt+Del makes SeaBIOS reset the machine.
+    const resets = vm.events().filter((e) => e === 'RESET').length;
+    await page.click('#ctrl-alt-del');
+    await expect.poll(() => vm.events().filter((e) => e === 'RESET').length, { timeout: 10_000 }).toBe(resets + 1);
     await expectFirmwareScreen(page, vm);
     await page.close();
   });

@@ -42,6 +42,8 @@ export interface Qemu {
   socket: string | undefined;
   /** Runs a QMP command; rejects with QEMU's error description. */
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** Names of the QMP events seen so far (RESET when the guest reboots, …). */
+  events(): string[];
   /** What the VM's display shows now, from QEMU itself (QMP screendump). */
   screendump(): Promise<Screen>;
   /** SIGKILL: the VM dies the way a crashed VM does, leaving its sockets unanswered. */
@@ -124,6 +126,7 @@ function handle(dir: string, { child, qmp }: Started, where: Pick<Qemu, 'port' |
   return {
     ...where,
     qmp: (command, args) => qmp.execute(command, args),
+    events: () => [...qmp.events],
     async screendump() {
       const file = join(dir, `screen-${dumps++}.ppm`);
       await qmp.execute('screendump', { filename: file });
@@ -146,6 +149,7 @@ function handle(dir: string, { child, qmp }: Started, where: Pick<Qemu, 'port' |
 }
 
 interface Qmp {
+  readonly events: string[];
   execute(command: string, args?: Record<string, unknown>): Promise<unknown>;
   close(): void;
 }
@@ -158,6 +162,7 @@ function openQmp(path: string): Promise<Qmp> {
     let buffered = '';
     let greeted = false;
     const qmp: Qmp = {
+      events: [],
       execute(command, args) {
         return new Promise((resolve, reject) => {
           if (socket.destroyed) return reject(new Error('QMP connection closed'));
@@ -171,7 +176,7 @@ function openQmp(path: string): Promise<Qmp> {
       buffered += chunk.toString();
       let newline: number;
       while ((newline = buffered.indexOf('\n')) >= 0) {
-        const message = JSON.parse(buffered.slice(0, newline)) as { QMP?: unknown; return?: unknown; error?: { desc: string } };
+        const message = JSON.parse(buffered.slice(0, newline)) as { QMP?: unknown; return?: unknown; error?: { desc: string }; event?: string };
         buffered = buffered.slice(newline + 1);
         if (message.QMP !== undefined && !greeted) {
           greeted = true;
@@ -180,8 +185,9 @@ function openQmp(path: string): Promise<Qmp> {
           waiting.shift()?.reject(new Error(`QMP: ${message.error.desc}`));
         } else if ('return' in message) {
           waiting.shift()?.resolve(message.return);
+        } else if (message.event !== undefined) {
+          qmp.events.push(message.event);
         }
-        // Anything else is an asynchronous event; tests do not need them.
       }
     });
     socket.on('error', (error) => {

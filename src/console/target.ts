@@ -5,7 +5,7 @@
 import { BlockList, isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
 import type { Protocol } from '../db/schema.js';
-import type { Target } from '../db/sessions.js';
+import { isSocketTarget, type Target } from '../db/sessions.js';
 import { GatewayError } from '../errors.js';
 
 interface Cidr {
@@ -102,11 +102,12 @@ export async function resolveTarget(host: string, allowed: CidrList, resolve: Re
 const MAX_SOCKET_PATH_BYTES = 107;
 
 /**
- * Validates the shape of a target before it is stored: `{host, port, path?}`, with `webRoot?` for
- * websockify, or `{socket}` for vnc. Where it may point is checked separately (vm-endpoint.ts).
+ * Validates the shape of a target before it is stored: `{host, port, path?, webRoot?}` or
+ * `{socket}`. What suits the session's protocol is checkProtocolFit's; where the target may
+ * point, vm-endpoint.ts's.
  */
-export function validateTargetShape(target: Record<string, unknown>, protocol: Protocol): Target {
-  if (target.socket !== undefined) return socketShape(target, protocol);
+export function validateTargetShape(target: Record<string, unknown>): Target {
+  if (target.socket !== undefined) return socketShape(target);
   const { host, port, path, webRoot } = target;
   if (typeof host !== 'string' || host.length === 0 || host.length > 253 || !/^[A-Za-z0-9.:\-_[\]%]+$/.test(host)) {
     throw new GatewayError('BAD_REQUEST', 'target.host must be a host name or IP address');
@@ -118,20 +119,25 @@ export function validateTargetShape(target: Record<string, unknown>, protocol: P
     throw new GatewayError('BAD_REQUEST', 'target.path must be a URL path without spaces');
   }
   if (webRoot !== undefined && typeof webRoot !== 'boolean') throw new GatewayError('BAD_REQUEST', 'target.webRoot must be true or false');
-  if (webRoot !== undefined && protocol !== 'websockify') {
-    throw new GatewayError('BAD_REQUEST', 'target.webRoot applies to websockify targets only');
-  }
-  const shaped = { host, port, path: typeof path === 'string' && path !== '' ? path : null };
-  return protocol === 'websockify' ? { ...shaped, webRoot: webRoot ?? true } : shaped;
+  return { host, port, path: typeof path === 'string' && path !== '' ? path : null, ...(webRoot !== undefined ? { webRoot } : {}) };
 }
 
-function socketShape(target: Record<string, unknown>, protocol: Protocol): Target {
+function socketShape(target: Record<string, unknown>): Target {
   const { socket } = target;
   const mixed = ['host', 'port', 'path', 'webRoot'].filter((key) => target[key] !== undefined && target[key] !== null);
   if (mixed.length > 0) throw new GatewayError('BAD_REQUEST', `target.socket stands alone: drop target.${mixed.join(', target.')}`);
-  if (protocol !== 'vnc') throw new GatewayError('BAD_REQUEST', 'a unix-socket target needs a vnc session; websockify targets take host and port');
   if (typeof socket !== 'string' || !socket.startsWith('/') || Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES || /[\0\n\r]/.test(socket)) {
     throw new GatewayError('BAD_REQUEST', `target.socket must be an absolute path of at most ${MAX_SOCKET_PATH_BYTES} bytes`);
   }
   return { socket };
+}
+
+/** A unix socket is for `vnc` sessions, `webRoot` for `websockify` ones. */
+export function checkProtocolFit(target: Target, protocol: Protocol): void {
+  if (isSocketTarget(target) && protocol !== 'vnc') {
+    throw new GatewayError('BAD_REQUEST', 'a unix-socket target needs a vnc session; websockify targets take host and port');
+  }
+  if (!isSocketTarget(target) && target.webRoot !== undefined && protocol !== 'websockify') {
+    throw new GatewayError('BAD_REQUEST', 'target.webRoot applies to websockify targets only');
+  }
 }

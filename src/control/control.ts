@@ -8,7 +8,7 @@ import type { Database, Protocol, SessionRow } from '../db/schema.js';
 import { commitTarget, createSession, isSocketTarget, isUuid, requireSession, setTargetCredentials, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
 import { sealCredentials, validateCredentials } from '../console/credentials.js';
 import { GatewayError } from '../errors.js';
-import { validateTargetShape, type Resolver } from '../console/target.js';
+import { checkProtocolFit, validateTargetShape, type Resolver } from '../console/target.js';
 import { checkTarget, rulesOf } from '../console/vm-endpoint.js';
 import type { Tickets } from '../console/ticket.js';
 
@@ -43,8 +43,8 @@ export function requireId(id: string): string {
  * TARGET_ALLOWED_CIDRS, a socket path against TARGET_ALLOWED_SOCKET_DIRS. Checked again at every
  * dial; a socket that does not exist yet is fine here (the VM may not have started).
  */
-async function checkedTarget(deps: ControlDeps, raw: unknown, protocol: Protocol): Promise<Target> {
-  const target = validateTargetShape(objectBody(raw), protocol);
+async function checkedTarget(deps: ControlDeps, raw: unknown): Promise<Target> {
+  const target = validateTargetShape(objectBody(raw));
   try {
     await checkTarget(target, rulesOf(deps.config, deps.resolver));
   } catch (error) {
@@ -84,7 +84,8 @@ export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Prom
   const sessionId = id === undefined ? randomUUID() : (id as string).toLowerCase();
   const parts = target === undefined || target === null ? undefined : withoutCredentials(target);
   const sealed = parts === undefined ? undefined : sealedFrom(deps, sessionId, protocol, parts.credentials);
-  const checked = parts === undefined ? null : await checkedTarget(deps, parts.target, protocol);
+  const checked = parts === undefined ? null : await checkedTarget(deps, parts.target);
+  if (checked !== null) checkProtocolFit(checked, protocol);
   const input = { id: sessionId, protocol: protocol as Protocol, ownerId: (ownerId as string | undefined) ?? null, target: checked, gatingEnabled: deps.config.readyGatingEnabled };
   if (sealed === undefined) return viewOf(await createSession(deps.db, input));
   // One transaction: the trigger's NOTIFY goes out on commit, when the credentials are there too.
@@ -102,8 +103,10 @@ export async function getSessionOp(deps: ControlDeps, id: string): Promise<Sessi
 export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unknown): Promise<SessionView> {
   const { target: body, credentials } = withoutCredentials(rawBody);
   rejectUnknown(body, ['host', 'port', 'path', 'webRoot', 'socket']);
-  const session = await requireSession(deps.db, requireId(id));
-  const target = await checkedTarget(deps, body, session.protocol);
+  const sessionId = requireId(id);
+  const target = await checkedTarget(deps, body);
+  const session = await requireSession(deps.db, sessionId);
+  checkProtocolFit(target, session.protocol);
   const sealed = credentials === undefined || credentials === null ? null : (sealedFrom(deps, session.id, session.protocol, credentials) ?? null);
   return viewOf(await deps.db.transaction().execute(async (tx) => {
     await commitTarget(tx, session.id, target, deps.config.readyGatingEnabled);

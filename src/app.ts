@@ -5,6 +5,8 @@ import type { Config } from './config.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore, type Store } from './db/open.js';
 import { purgeConsumedTickets } from './db/tickets.js';
+import { poolStats } from './db/ports.js';
+import { poolOf } from './control/port-ops.js';
 import { createMetrics, type Metrics } from './ops/metrics.js';
 import { startGateway, type Gateway } from './console/server.js';
 import { Tickets, readJwksFile } from './console/ticket.js';
@@ -68,6 +70,7 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
   try {
     const tickets = await createTickets(config, store);
     const metrics = createMetrics();
+    metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
     const hook = runtimeHookFromConfig(config, log);
     const teardown = hook === undefined ? undefined : createTeardown(hook, log);
     const gateway = await startGateway({ config, store, tickets, metrics, log, ...(teardown ? { teardown } : {}) });

@@ -11,9 +11,9 @@ import { diagnose } from './control/diagnose.js';
 import { createTeardown, runtimeHookFromConfig } from './fleet/runtime-hook.js';
 import { migrateToLatest } from './db/migrations.js';
 import { openStore } from './db/open.js';
-import { allocatePort, poolStats, releasePort } from './db/ports.js';
+import { allocatePortOp, poolOp, releasePortOp } from './control/port-ops.js';
 import { GatewayError } from './errors.js';
-import { commitTargetOp, createSessionOp, mintTicketOp, requireId, stopSessionOp, type ControlDeps } from './control/control.js';
+import { commitTargetOp, createSessionOp, mintTicketOp, stopSessionOp, type ControlDeps } from './control/control.js';
 import { runDemo } from './demo/demo.js';
 
 const USAGE = `usage: console-gateway <command>
@@ -26,9 +26,9 @@ const USAGE = `usage: console-gateway <command>
           or: --socket /abs/path                            (vnc on a unix socket)
       and for vnc: [--password-file F | --password-stdin]    (stored VNC credentials)
   session stop ID
-  ticket ID [--ttl SECONDS] [--view-only]
+  ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
-  ports status|allocate ID|release ID
+  ports status|list|allocate ID|release ID   the port pool; allocate renews a held lease; exhausted: exit 3
   demo                                serve + a demo VNC server + a ready session`;
 
 class UsageError extends Error {}
@@ -109,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
     'no-web-root': { type: 'boolean' },
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
+    exclusive: { type: 'boolean' },
     once: { type: 'boolean' },
     'password-file': { type: 'string' },
     'password-stdin': { type: 'boolean' },
@@ -205,7 +206,7 @@ async function main(argv: string[]): Promise<number> {
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
       if (values.ttl !== undefined && !/^\d+$/.test(values.ttl)) throw new UsageError('--ttl must be a whole number of seconds');
-      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}) };
+      const body = { ...(values.ttl !== undefined ? { ttlSeconds: Number(values.ttl) } : {}), ...(values['view-only'] ? { viewOnly: true } : {}), ...(values.exclusive ? { exclusive: true } : {}) };
       const publicUrl = config.publicUrl ?? `http://localhost:${config.port}`;
       print(await withControl(config, (deps) => mintTicketOp(deps, id, body, publicUrl)));
       return 0;
@@ -213,12 +214,14 @@ async function main(argv: string[]): Promise<number> {
     case 'ports': {
       const { positionals } = parse(rest);
       const config = loadConfig();
-      const range = { start: config.portRangeStart, end: config.portRangeEnd, maxSessions: config.maxSessions };
-      return withControl(config, async ({ db }) => {
-        if (sub === 'status') print(await poolStats(db, range));
-        else if (sub === 'allocate' && positionals.length === 1) print({ sessionId: positionals[0], port: await allocatePort(db, requireId(positionals[0]!), range) });
-        else if (sub === 'release' && positionals.length === 1) print({ sessionId: positionals[0], released: await releasePort(db, requireId(positionals[0]!)) });
-        else throw new UsageError('ports status | ports allocate ID | ports release ID');
+      const usage = 'ports status | ports list | ports allocate ID | ports release ID';
+      if (!(((sub === 'status' || sub === 'list') && positionals.length === 0) || ((sub === 'allocate' || sub === 'release') && positionals.length === 1))) {
+        throw new UsageError(usage);
+      }
+      return withControl(config, async (deps) => {
+        if (sub === 'status' || sub === 'list') print(await poolOp(deps, sub === 'list'));
+        else if (sub === 'allocate') print((await allocatePortOp(deps, positionals[0]!)).lease);
+        else print(await releasePortOp(deps, positionals[0]!));
         return 0;
       });
     }
@@ -253,6 +256,7 @@ main(process.argv.slice(2)).then(
     if (error instanceof UsageError) process.stderr.write(`console-gateway: ${error.message}\n${USAGE}\n`);
     else if (error instanceof ConfigError || error instanceof GatewayError) process.stderr.write(`console-gateway: ${error.message}\n`);
     else process.stderr.write(`console-gateway: ${(error as Error).message?.split('\n')[0] ?? String(error)}\n`);
-    process.exit(error instanceof UsageError ? 2 : 1);
+    // 3: the port pool is exhausted, so a provisioning script can tell "try later" from "broken".
+    process.exit(error instanceof UsageError ? 2 : error instanceof GatewayError && error.code === 'PORTS_EXHAUSTED' ? 3 : 1);
   },
 );

@@ -2,6 +2,7 @@
 // operator fixes a deployment in one round trip; the result is frozen.
 import { isAbsolute, normalize } from 'node:path';
 import { parseCidrList, type CidrList } from './console/target.js';
+import { readEdgeConfig, type EdgeConfig } from './edge-config.js';
 
 export interface Config {
   readonly port: number;
@@ -40,8 +41,16 @@ export interface Config {
   readonly maxSessions: number;
   readonly reconciliationEnabled: boolean;
   readonly reconciliationIntervalSeconds: number;
+  readonly reconciliationUnreachableProbes: number;
+  readonly reconciliationNamespaces: readonly string[];
+  readonly sessionPendingTimeoutSeconds: number;
+  readonly portLeaseSeconds: number;
+  readonly portBindCheck: boolean;
   readonly runtimeHookCommand: readonly string[];
   readonly runtimeHookTimeoutSeconds: number;
+  readonly edge: EdgeConfig;
+  /** The runtime hook's whole environment: PATH, HOME, LANG and the names in RUNTIME_HOOK_ENV. */
+  readonly runtimeHookEnv: Readonly<Record<string, string>>;
   /** AES-256-GCM key sealing stored VNC credentials; undefined = credentials cannot be stored. */
   readonly credentialsKey: Uint8Array | undefined;
 }
@@ -57,6 +66,20 @@ export class ConfigError extends Error {
 export const DEFAULT_TARGET_CIDRS = '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7';
 
 type Env = Readonly<Record<string, string | undefined>>;
+
+/** What every hook gets; the gateway's secrets and database can never be passed on. */
+const HOOK_BASE_ENV = ['PATH', 'HOME', 'LANG'];
+const NEVER_TO_HOOK = ['TICKET_SECRET', 'CONTROL_TOKEN', 'DATABASE_URL', 'CREDENTIALS_KEY', 'METRICS_TOKEN'];
+
+/** The runtime hook is a third-party program: it gets the variables it is given, no more. */
+function hookEnvironment(env: Env, names: readonly string[], problems: string[]): Record<string, string> {
+  for (const name of names) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) problems.push(`RUNTIME_HOOK_ENV entry "${name}" is not a variable name`);
+    else if (NEVER_TO_HOOK.includes(name)) problems.push(`RUNTIME_HOOK_ENV must not pass ${name} to the runtime hook`);
+  }
+  const passed = [...HOOK_BASE_ENV, ...names.filter((n) => !NEVER_TO_HOOK.includes(n))];
+  return Object.fromEntries(passed.flatMap((name) => (env[name] === undefined ? [] : [[name, env[name]!]])));
+}
 
 /**
  * Reads the configuration from `env` (process.env by default); throws ConfigError listing every
@@ -165,6 +188,8 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     }
   }
 
+  const runtimeHookEnv = hookEnvironment(env, list('RUNTIME_HOOK_ENV'), problems);
+
   const logLevel = str('LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "${logLevel}"`);
@@ -210,8 +235,15 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     maxSessions: num('VNC_MAX_SESSIONS', 800, 0),
     reconciliationEnabled: bool('RECONCILIATION_ENABLED', true),
     reconciliationIntervalSeconds: num('RECONCILIATION_INTERVAL', 300, 1),
+    reconciliationUnreachableProbes: num('RECONCILIATION_UNREACHABLE_PROBES', 3, 1, 1000),
+    reconciliationNamespaces: list('RECONCILIATION_NAMESPACES'),
+    sessionPendingTimeoutSeconds: num('SESSION_PENDING_TIMEOUT_SECONDS', 3600, 1),
+    portLeaseSeconds: num('PORT_LEASE_SECONDS', 3600, 1),
+    portBindCheck: bool('PORT_BIND_CHECK', false),
     runtimeHookCommand,
     runtimeHookTimeoutSeconds: num('RUNTIME_HOOK_TIMEOUT_SECONDS', 30, 1, 3600, false),
+    edge: readEdgeConfig({ str, num, bool, list, problems, allowedOrigins }),
+    runtimeHookEnv,
     credentialsKey,
   };
   if (problems.length > 0) throw new ConfigError(problems);

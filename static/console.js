@@ -2,14 +2,14 @@
 // noVNC. Served with `script-src 'self'`, so everything lives here, nothing inline.
 import RFB from '../novnc/core/rfb.js';
 
-// Words for close codes whose frame carried no reason (docs: DESIGN.md "Upgrade outcomes").
+// Words for close codes whose frame carried no reason (README "What the browser sees").
 const CLOSE_WORDS = {
   1000: 'the console was closed',
   1001: 'the gateway is shutting down',
   1005: 'the connection was closed',
   1006: 'connection lost',
   1011: 'internal error in the gateway',
-  1013: 'the VM was not ready in time, or the gateway is at capacity',
+  1013: 'the console is temporarily unavailable',
   4400: 'no ticket',
   4401: 'the console link is invalid, expired or already used',
   4403: 'not allowed',
@@ -22,6 +22,9 @@ const CLOSE_WORDS = {
 // How long a pending handshake may look like plain "connecting": the gateway completes the
 // upgrade only once the VM console is reachable, so a longer wait means the VM is starting.
 const WAITING_AFTER_MS = 1000;
+
+// Closes that mean "not now" rather than "no": draining, try again later, VM unreachable.
+const RETRYABLE = new Set([1001, 1013, 4502]);
 
 const $ = (id) => document.getElementById(id);
 const status = $('status');
@@ -114,7 +117,8 @@ function connect(ticket) {
   socket.addEventListener('close', (event) => {
     clearTimeout(waiting);
     const words = event.reason || securityReason || CLOSE_WORDS[event.code] || `closed (code ${event.code})`;
-    setStatus('disconnected', `Disconnected: ${words}`, { code: event.code, reason: event.reason });
+    const retry = RETRYABLE.has(event.code) ? ' — this is temporary: reload the page to try again' : '';
+    setStatus('disconnected', `Disconnected: ${words}${retry}`, { code: event.code, reason: event.reason });
   });
 
   const rfb = new RFB(screen, socket, { shared: true });

@@ -62,14 +62,27 @@ describe('console-gateway commands', () => {
     await database.drop();
   }, 60_000);
 
-  it('manages the port pool atomically', async () => {
-    const { stdout } = await runCli(['session', 'create', '--protocol', 'vnc'], env);
-    const id = json(stdout).id;
+  it('leases pool ports, renews a held lease and exits 3 when the pool is exhausted', { timeout: 240_000 }, async () => {
+    // Each command opens the embedded database itself: seconds apiece on a busy machine.
+    const SLOW = 120_000;
+    const ids: string[] = [];
+    // One at a time: each command opens the embedded database itself.
+    for (let i = 0; i < 3; i++) ids.push(json((await runCli(['session', 'create', '--protocol', 'vnc'], env, SLOW)).stdout).id);
     const small = { ...env, VNC_WS_PORT_START: '7000', VNC_WS_PORT_END: '7001' };
-    expect(json((await runCli(['ports', 'allocate', id], small)).stdout)).toEqual({ sessionId: id, port: 7000 });
-    expect(json((await runCli(['ports', 'allocate', id], small)).stdout)).toEqual({ sessionId: id, port: 7000 });
-    expect(json((await runCli(['ports', 'status'], small)).stdout)).toEqual({ total: 2, allocated: 1, free: 1, utilizationPercent: 50, health: 'healthy' });
-    expect(json((await runCli(['ports', 'release', id], small)).stdout)).toEqual({ sessionId: id, released: true });
+    const first = json((await runCli(['ports', 'allocate', ids[0]!], small, SLOW)).stdout);
+    expect(first).toEqual({ port: 7000, leaseExpiresAt: expect.any(String) });
+    const renewed = json((await runCli(['ports', 'allocate', ids[0]!], small, SLOW)).stdout);
+    expect(renewed.port).toBe(7000);
+    expect(Date.parse(renewed.leaseExpiresAt)).toBeGreaterThanOrEqual(Date.parse(first.leaseExpiresAt));
+    expect(json((await runCli(['ports', 'allocate', ids[1]!], small, SLOW)).stdout).port).toBe(7001);
+    const exhausted = await runCli(['ports', 'allocate', ids[2]!], small, SLOW);
+    expect(exhausted.code).toBe(3);
+    expect(oneLine(exhausted.stderr)).toMatch(/^console-gateway: no free console port/);
+    expect(json((await runCli(['ports', 'status'], small, SLOW)).stdout)).toEqual({ total: 2, allocated: 2, free: 0, utilizationPercent: 100, health: 'critical' });
+    const list = json((await runCli(['ports', 'list'], small, SLOW)).stdout);
+    expect(list.allocations.map((a: any) => [a.port, a.sessionId, a.status])).toEqual([[7000, ids[0], 'pending'], [7001, ids[1], 'pending']]);
+    expect(json((await runCli(['ports', 'release', ids[0]!], small, SLOW)).stdout)).toEqual({ released: true });
+    expect(json((await runCli(['ports', 'release', ids[1]!], small, SLOW)).stdout)).toEqual({ released: true });
   });
 
   it('answers bad input with one clear line and a non-zero exit', async () => {

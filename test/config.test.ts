@@ -79,3 +79,37 @@ describe('configuration', () => {
     expect(config.readyPaths).toEqual(['vnc.html']);
   });
 });
+
+describe('edge configuration', () => {
+  it('has the documented defaults', () => {
+    const { edge } = loadConfig({}, { tickets: false });
+    expect(edge).toMatchObject({
+      trustedProxyHeader: 'x-forwarded-for',
+      proxyProtocol: false,
+      maxConsolesPerClient: 20,
+      maxConsolesPerSession: 10,
+      failedUpgradesPerMinute: 60,
+      frameAncestors: ["'self'"],
+      opsPort: 9464,
+      metricsToken: undefined,
+      tlsCertFile: undefined,
+    });
+    expect(edge.trustedProxies.cidrs).toEqual([]);
+  });
+
+  it('reports every edge problem in the same list', () => {
+    const found = problems({
+      TICKET_SECRET: 'x'.repeat(32),
+      TRUSTED_PROXIES: '10.0.0.0/40',
+      TRUSTED_PROXY_HEADER: 'x-real-ip',
+      MAX_CONSOLES_PER_CLIENT: '-1',
+      HEADERS_TIMEOUT_SECONDS: '0',
+      TLS_CERT_FILE: '/etc/tls/tls.crt',
+      METRICS_TOKEN: 'short',
+      OPS_PORT: '70000',
+    });
+    expect(found).toHaveLength(7);
+    expect(found.join('\n')).toMatch(/TLS_CERT_FILE and TLS_KEY_FILE go together/);
+    expect(found.join('\n')).toMatch(/TRUSTED_PROXIES: "10.0.0.0\/40"/);
+  });
+});

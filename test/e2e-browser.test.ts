@@ -116,7 +116,10 @@ describe('the console page in Chromium', () => {
     expect(await status(page).textContent()).toBe('Waiting for the VM to be ready…');
     await expect.poll(() => status(page).getAttribute('data-state'), { timeout: 10_000 }).toBe('disconnected');
     expect(await status(page).getAttribute('data-close-code')).toBe('1013');
-    expect(await status(page).textContent()).toBe('Disconnected: the VM address was not committed within 3 s; try again');
+    // 1013 is "try again later": the page says the failure is temporary.
+    expect(await status(page).textContent()).toBe(
+      'Disconnected: the VM address was not committed within 3 s; try again — this is temporary: reload the page to try again',
+    );
     await page.close();
   });
 

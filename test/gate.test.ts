@@ -145,7 +145,7 @@ describe('readiness gate: the three scenarios of the original design', { timeout
     const xvnc = await startXvnc(port, h.xvncLog, ['-no-such-option']);
     expect(await xvnc.exited).not.toBe(0);
     const session = await createSession(h.store.db, { protocol: 'vnc', ownerId: OWNER, gatingEnabled: true });
-    const consolePort = await allocatePort(h.store.db, session.id, { start: 7100, end: 7199, maxSessions: 100 });
+    const { port: consolePort } = await allocatePort(h.store.db, session.id, { start: 7100, end: 7199, maxSessions: 100, leaseSeconds: 3600, actor: 'test' });
     await commitTarget(h.store.db, session.id, { host: '127.0.0.1', port, path: null }, true);
     const waiting = waitForSession(h.store.db, h.store.events, session.id, { budgetMs: 15_000, gatingEnabled: true });
     h.startGate();

@@ -68,7 +68,7 @@ describe('the console cap', () => {
     const id = (await gateway.api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port } })).body.id;
     expect(await openConsole(`${gateway.wsUrl}?ticket=${await gateway.mint(id)}`)).toMatchObject({
       code: 1013,
-      reason: 'the gateway is at its console limit; try again shortly',
+      reason: 'the gateway is at its console limit (MAX_CONSOLES=2); try again shortly',
     });
     a!.close();
     await expect.poll(() => gateway.running.gateway.consoles.live.size).toBe(1);

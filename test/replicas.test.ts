@@ -71,7 +71,7 @@ describe('replicas sharing one PostgreSQL', () => {
     }
   });
 
-  it('answers 503 on /readyz and closes consoles with 1011 and a reason while the database is unreachable', async () => {
+  it('answers 503 on /readyz and the control API, and closes consoles with 1013 and a reason, while the database is gone', async () => {
     expect((await fetch(`${a.url}/readyz`)).status).toBe(200);
     const isolated = await createTestDatabase();
     const c = await startTestGateway({}, isolated.url);
@@ -79,10 +79,10 @@ describe('replicas sharing one PostgreSQL', () => {
       const id = (await c.api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port: vnc.port } })).body.id;
       await isolated.drop();
       expect(await openConsole(`${c.wsUrl}?ticket=${await c.mint(id)}`)).toMatchObject({
-        code: 1011,
+        code: 1013,
         reason: 'the console database is unreachable; try again shortly',
       });
-      expect((await c.api('GET', `/api/v1/sessions/${id}`)).status).toBe(500);
+      expect((await c.api('GET', `/api/v1/sessions/${id}`)).status).toBe(503);
       const res = await fetch(`${c.url}/readyz`);
       expect(res.status).toBe(503);
       expect(await res.json()).toEqual({ status: 'database unreachable', database: 'postgres' });

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../src/ops/log.js';
-import { createRuntimeHook } from '../src/fleet/runtime-hook.js';
+import { loadConfig } from '../src/config.js';
+import { createRuntimeHook, runtimeHookFromConfig } from '../src/fleet/runtime-hook.js';
 import { redactOwner, redactText, truncate } from '../src/ops/redact.js';
 
 const SCRIPT = fileURLToPath(new URL('./fixtures/hook-script.mjs', import.meta.url));
@@ -45,17 +46,13 @@ describe('runtime hook', () => {
   });
 
   it('redacts owner ids, JWTs, bearer tokens, passwords and configured secrets in the output', async () => {
-    const hook = createRuntimeHook([process.execPath, SCRIPT, '--mode', 'leak'], 10_000, log, { secrets: [SECRET] })!;
-    process.env.LEAKED_SECRET = SECRET;
-    try {
-      const result = await hook.run('diagnostics', session);
-      expect(result.ok).toBe(true);
-      expect(result.output).toContain('****abc123');
-      for (const leaked of [OWNER, 'abcdefghijklmnop', 'eyJhbGciOiJIUzI1NiJ9', 'hunter2', SECRET]) expect(result.output).not.toContain(leaked);
-      expect(result.output).toContain('DB_PASSWORD=[redacted]');
-    } finally {
-      delete process.env.LEAKED_SECRET;
-    }
+    // A hook that got a secret anyway (an operator passed it on) and prints it.
+    const hook = createRuntimeHook([process.execPath, SCRIPT, '--mode', 'leak'], 10_000, log, { secrets: [SECRET], env: { LEAKED_SECRET: SECRET } })!;
+    const result = await hook.run('diagnostics', session);
+    expect(result.ok).toBe(true);
+    expect(result.output).toContain('****abc123');
+    for (const leaked of [OWNER, 'abcdefghijklmnop', 'eyJhbGciOiJIUzI1NiJ9', 'hunter2', SECRET]) expect(result.output).not.toContain(leaked);
+    expect(result.output).toContain('DB_PASSWORD=[redacted]');
   });
 
   it('truncates a flood of output, keeping the tail', async () => {
@@ -110,10 +107,8 @@ describe('example hooks (docker and kubectl stubbed)', () => {
 
   it('compose-hook.sh runs ps, logs, down and ls for the cg-<id> project', async () => {
     const { dir, calls } = await stubs();
-    const path = process.env.PATH;
-    process.env.PATH = `${dir}:${path}`;
-    try {
-      const hook = createRuntimeHook([example('compose-hook.sh')], 10_000, log)!;
+    {
+      const hook = createRuntimeHook([example('compose-hook.sh')], 10_000, log, { env: { PATH: `${dir}:${process.env.PATH}` } })!;
       const diagnostics = await hook.run('diagnostics', session);
       expect(diagnostics.ok).toBe(true);
       expect(diagnostics.output).toContain(`docker output for compose -p cg-${session.sessionId} ps --all`);
@@ -127,17 +122,13 @@ describe('example hooks (docker and kubectl stubbed)', () => {
         `docker compose -p cg-${session.sessionId} down --remove-orphans --volumes --timeout 10`,
         'docker compose ls --all --format json',
       ]);
-    } finally {
-      process.env.PATH = path;
     }
   });
 
   it('kubectl-hook.sh selects by the console-gateway/session label', async () => {
     const { dir, calls } = await stubs();
-    const path = process.env.PATH;
-    process.env.PATH = `${dir}:${path}`;
-    try {
-      const hook = createRuntimeHook([example('kubectl-hook.sh')], 10_000, log)!;
+    {
+      const hook = createRuntimeHook([example('kubectl-hook.sh')], 10_000, log, { env: { PATH: `${dir}:${process.env.PATH}` } })!;
       const diagnostics = await hook.run('diagnostics', session);
       expect(diagnostics.ok).toBe(true);
       expect(diagnostics.output).toContain(`kubectl output for get pods -l console-gateway/session=${session.sessionId} -o wide`);
@@ -149,9 +140,41 @@ describe('example hooks (docker and kubectl stubbed)', () => {
       expect(lines).toContain(
         `kubectl delete deployments,statefulsets,jobs,pods,services,configmaps,secrets,persistentvolumeclaims -l console-gateway/session=${session.sessionId} --ignore-not-found --wait=false`,
       );
-    } finally {
-      process.env.PATH = path;
     }
+  });
+});
+
+describe('the runtime hook environment', () => {
+  it('gives the hook PATH, HOME, LANG and the names in RUNTIME_HOOK_ENV, never the gateway secrets or database', async () => {
+    const gatewayEnv = {
+      TICKET_SECRET: SECRET,
+      CONTROL_TOKEN: 'control-token-0123456789abcdef',
+      DATABASE_URL: 'postgresql://gateway:db-password-xyz@db.internal/consoles',
+      KUBE_NAMESPACE: 'labs',
+      RUNTIME_HOOK_ENV: 'KUBE_NAMESPACE',
+      RUNTIME_HOOK_COMMAND: JSON.stringify([process.execPath, SCRIPT, '--mode', 'env']),
+    };
+    // The gateway's own process environment holds them, as it does in production.
+    const saved = { ...process.env };
+    Object.assign(process.env, gatewayEnv);
+    try {
+      const hook = runtimeHookFromConfig(loadConfig(process.env), log)!;
+      const result = await hook.run('diagnostics', session);
+      expect(result.ok).toBe(true);
+      const seen = JSON.parse(result.output) as Record<string, string>;
+      const expected = ['HOME', 'LANG', 'PATH'].filter((n) => process.env[n] !== undefined).concat('KUBE_NAMESPACE').sort();
+      expect(Object.keys(seen).sort()).toEqual(expected);
+      expect(seen.KUBE_NAMESPACE).toBe('labs');
+    } finally {
+      for (const name of Object.keys(gatewayEnv)) if (!(name in saved)) delete process.env[name];
+      Object.assign(process.env, saved);
+    }
+  });
+
+  it('refuses to pass a secret or a malformed name through RUNTIME_HOOK_ENV', () => {
+    expect(() => loadConfig({ RUNTIME_HOOK_ENV: 'KUBECONFIG,TICKET_SECRET,not a name' })).toThrow(
+      /RUNTIME_HOOK_ENV must not pass TICKET_SECRET to the runtime hook; RUNTIME_HOOK_ENV entry "not a name" is not a variable name/,
+    );
   });
 });
 

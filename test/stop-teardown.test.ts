@@ -23,7 +23,7 @@ afterAll(async () => {
 it('stopping a session releases its port and runs the teardown hook with what it held', async () => {
   const created = await gateway.api('POST', '/api/v1/sessions', { protocol: 'vnc', ownerId: 'owner-secret-123456', target: { host: '127.0.0.1', port: 5999 } });
   const { allocatePort } = await import('../src/db/ports.js');
-  const port = await allocatePort(gateway.running.store.db, created.body.id, { start: 6100, end: 6999, maxSessions: 800 });
+  const { port } = await allocatePort(gateway.running.store.db, created.body.id, { start: 6100, end: 6999, maxSessions: 800, leaseSeconds: 3600, actor: 'test' });
   expect((await gateway.api('GET', '/api/v1/ports')).body.allocated).toBe(1);
   expect((await gateway.api('DELETE', `/api/v1/sessions/${created.body.id}`)).body.status).toBe('stopped');
   expect((await gateway.api('GET', '/api/v1/ports')).body.allocated).toBe(0);

@@ -101,6 +101,15 @@ describe('ticket verification', () => {
     await expect(tickets({ issuers: ['https://frontend.example'] }).verify(await sign(good({ iss: 'https://frontend.example' })))).resolves.toBeDefined();
   });
 
+  it('mints its own tickets with the first allowed issuer, so they pass its own TICKET_ISSUERS check', async () => {
+    const strict = tickets({ issuers: ['https://app.example', 'https://admin.example'] });
+    const { ticket } = await strict.mint(randomUUID(), 60);
+    expect(JSON.parse(Buffer.from(ticket.split('.')[1]!, 'base64url').toString())).toMatchObject({ iss: 'https://app.example' });
+    await expect(strict.verify(ticket)).resolves.toMatchObject({ viewOnly: false });
+    const open = await tickets().mint(randomUUID(), 60);
+    expect(JSON.parse(Buffer.from(open.ticket.split('.')[1]!, 'base64url').toString())).toMatchObject({ iss: 'console-gateway' });
+  });
+
   it('refuses a subject that is not a session id, and a missing jti', async () => {
     expect((await rejection(tickets().verify(await sign(good({ sub: 'not-a-uuid' }))))).message).toMatch(/subject/);
     const { jti: _jti, ...noJti } = good();

@@ -5,7 +5,11 @@ import type { ErrorCode } from '../errors.js';
 import type { SessionEvents } from '../db/events.js';
 
 export interface LiveConsole {
+  /** The console's id in the live-console registry (takeover spares the exclusive one itself). */
+  readonly id?: string | undefined;
   readonly sessionId: string;
+  /** View-only consoles survive a takeover. */
+  readonly viewOnly?: boolean | undefined;
   readonly startedAt: number;
   /** Date.now() of the last chunk either way (kept by the pump). */
   readonly lastActivity: number;

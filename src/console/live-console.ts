@@ -16,6 +16,9 @@ export interface LiveDeps {
 
 export interface LiveOptions {
   sessionId: string;
+  /** The registry id and view-only flag, for takeover (live-registry.ts). */
+  consoleId?: string;
+  viewOnly?: boolean;
   /** The session's protocol, for the log line. */
   kind: 'vnc' | 'websockify';
   /** Starts the pump; it reports why it stopped through `onStop`. */
@@ -38,7 +41,9 @@ export async function runLiveConsole(deps: LiveDeps, log: Logger, options: LiveO
   pump = options.start(end);
   const stats = pump.stats;
   const live: LiveConsole = {
+    id: options.consoleId,
     sessionId: options.sessionId,
+    viewOnly: options.viewOnly,
     startedAt: Date.now(),
     get lastActivity() {
       return stats.lastActivity;

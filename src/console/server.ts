@@ -1,12 +1,14 @@
 // The HTTP server: routes, the console upgrade, health and drain. Everything it starts stops in
 // close(); tests and SIGTERM use the same path.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
 import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
+import { LiveRegistry } from './live-registry.js';
+import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
@@ -14,9 +16,12 @@ import { GatewayError, toGatewayError } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
 import { serveStatic } from './static.js';
+import { consolePageHeaders } from './page-policy.js';
 import type { Tickets } from './ticket.js';
 import { clientErrorAnswer, selectProtocol, writeHttpError } from './handshake.js';
 import { createUpgradeHandler } from './upgrade.js';
+import { createLimits } from './limits.js';
+import { createListener } from './listener.js';
 
 export interface GatewayOptions {
   config: Config;
@@ -60,8 +65,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     handleProtocols: selectProtocol,
   });
   const proxy = createWsProxy();
+  const pageHeaders = consolePageHeaders(config.edge.frameAncestors);
+  const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
-  const apiDeps = { config, db: store.db, tickets, publicUrl, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const screenshots = new Screenshots(config, store.db);
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -73,13 +81,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         return void res.end(await metrics.registry.metrics());
       }
       if (path.startsWith('/api/v1/')) return await handleApi(apiDeps, req, res, path);
-      if (await serveStatic(req, res, path)) return;
+      if (await serveStatic(req, res, path, pageHeaders)) return;
       if (path === '/websockify') throw new GatewayError('BAD_REQUEST', 'this path only takes WebSocket upgrades');
       throw new GatewayError('NOT_FOUND', 'not found');
     } catch (error) {
       const failure = toGatewayError(error);
       // Only the path: the query may hold a ticket.
-      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' ? { err: failure.cause } : {}) }, failure.message);
+      log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) }, failure.message);
       if (res.headersSent) return void res.destroy();
       sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
     }
@@ -98,12 +106,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     }
   }
 
-  const headersTimeout = config.headersTimeoutSeconds * 1000;
-  const server = createServer(
-    // Node looks for overdue headers only every connectionsCheckingInterval (30 s by default).
-    { headersTimeout, connectionsCheckingInterval: Math.min(1000, headersTimeout) },
-    (req, res) => void onRequest(req, res),
-  );
+  const listener = await createListener(config, log, (req, res) => void onRequest(req, res));
+  const server = listener.server;
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
@@ -112,23 +116,19 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return void socket.destroy();
     const { status, message } = clientErrorAnswer(error);
+    // Destroyed once the answer is out: the listener is half-open, so a client that never closes
+    // its side (a slow-header attacker) would otherwise keep the socket.
+    socket.once('finish', () => socket.destroy());
     writeHttpError(socket, status, message);
   });
   server.on(
     'upgrade',
-    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, isDraining: () => draining }),
+    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, registry, limits: createLimits(config, metrics), isDraining: () => draining }),
   );
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address() as AddressInfo;
+  const address = await listener.listen();
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  const url = `http://${host === '0.0.0.0' || host === '[::]' ? 'localhost' : host}:${address.port}`;
-  log.info({ url, database: store.kind, gating: config.readyGatingEnabled }, 'gateway listening');
+  const url = `${listener.secure ? 'https' : 'http'}://${host === '0.0.0.0' || host === '[::]' ? 'localhost' : host}:${address.port}`;
+  log.info({ url, database: store.kind, gating: config.readyGatingEnabled, tls: listener.secure, proxyProtocol: config.edge.proxyProtocol }, 'gateway listening');
 
   let closing: Promise<void> | undefined;
   async function drainAndClose(): Promise<void> {
@@ -141,7 +141,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     const grace = Date.now() + CLOSE_GRACE_MS;
     while ((consoles.live.size > 0 || consoles.waiting.size > 0) && Date.now() < grace) await sleep(20);
     consoles.stop();
-    const closed = new Promise((resolve) => server.close(resolve));
+    await registry.stop();
+    const closed = listener.close();
     // server.close() does not end upgraded sockets or idle keep-alive connections.
     for (const socket of sockets) socket.destroy();
     await closed;

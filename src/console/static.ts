@@ -23,14 +23,6 @@ export const STATIC_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..',
 // The package's "exports" points at core/rfb.js; its root is two levels up.
 export const NOVNC_DIR = resolve(dirname(createRequire(import.meta.url).resolve('@novnc/novnc')), '..');
 
-const PAGE_HEADERS = {
-  'Cache-Control': 'no-store',
-  // The page holds a ticket in its URL until its script removes it: keep it out of Referer headers.
-  'Referrer-Policy': 'no-referrer',
-  'X-Content-Type-Options': 'nosniff',
-  'Content-Security-Policy':
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; frame-ancestors *",
-};
 
 /**
  * Maps a URL path under `root` to a file path, or undefined for anything that is not a plain
@@ -50,13 +42,16 @@ export function safeJoin(root: string, urlPath: string): string | undefined {
   return full.startsWith(root + sep) ? full : undefined;
 }
 
-/** Answers GET/HEAD for /console, /static/* and /novnc/*; returns false when the path is not ours. */
-export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<boolean> {
+/**
+ * Answers GET/HEAD for /console, /static/* and /novnc/*; returns false when the path is not ours.
+ * `pageHeaders` go with the console page itself (page-policy.ts).
+ */
+export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string, pageHeaders: Record<string, string>): Promise<boolean> {
   let file: string | undefined;
   let headers: Record<string, string>;
   if (path === '/console' || path === '/console/') {
     file = join(STATIC_DIR, 'console.html');
-    headers = PAGE_HEADERS;
+    headers = pageHeaders;
   } else if (path.startsWith('/static/')) {
     file = safeJoin(STATIC_DIR, path.slice('/static/'.length));
     headers = { 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' };

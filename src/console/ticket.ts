@@ -17,6 +17,8 @@ export interface TicketClaims {
   jti: string;
   expiresAt: Date;
   viewOnly: boolean;
+  /** Closes the session's other interactive consoles; never set together with viewOnly. */
+  exclusive: boolean;
 }
 
 export interface TicketOptions {
@@ -31,6 +33,7 @@ export interface TicketOptions {
 
 const ASYMMETRIC = ['EdDSA', 'ES256'] as const;
 const MAX_TICKET_LENGTH = 4096;
+const DEFAULT_ISSUER = 'console-gateway';
 /** How far the minting clock may run ahead of or behind the gateway's (README "Tickets"). */
 export const CLOCK_TOLERANCE_SECONDS = 5;
 
@@ -97,7 +100,9 @@ export class Tickets {
     if (!isUuid(sub)) throw new GatewayError('TICKET_INVALID', 'ticket invalid: its subject is not a session id');
     if (typeof jti !== 'string' || jti.length === 0 || jti.length > 128) throw new GatewayError('TICKET_INVALID', 'ticket invalid: bad jti');
     checkLifetime(iat, exp, this.options.maxTtlSeconds, tolerance);
-    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly: payload.view_only === true };
+    const viewOnly = payload.view_only === true;
+    // A viewer who cannot type has nothing to hold exclusively: view_only wins.
+    return { sessionId: sub.toLowerCase(), jti, expiresAt: new Date(exp * 1000), viewOnly, exclusive: !viewOnly && payload.exclusive === true };
   }
 
   /**
@@ -113,12 +118,17 @@ export class Tickets {
     return session;
   }
 
-  /** Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint). */
-  async mint(sessionId: string, ttlSeconds: number, viewOnly = false): Promise<{ ticket: string; expiresAt: Date }> {
+  /**
+   * Mints an HS256 ticket with this gateway's secret (the control API's tickets endpoint and the
+   * `ticket` command). Its issuer is the first of TICKET_ISSUERS, so the gateway's own tickets pass
+   * its own issuer check; `console-gateway` when no allowlist is set.
+   */
+  async mint(sessionId: string, ttlSeconds: number, viewOnly = false, exclusive = false): Promise<{ ticket: string; expiresAt: Date }> {
     if (!this.options.secret) {
       throw new GatewayError('CONFLICT', 'this gateway holds no TICKET_SECRET: mint tickets with your private key (see README)');
     }
-    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, audience: this.options.audience });
+    const issuer = this.options.issuers[0] ?? DEFAULT_ISSUER;
+    return mintTicket({ sessionId, key: this.options.secret, ttlSeconds, viewOnly, exclusive, audience: this.options.audience, issuer });
   }
 }
 
@@ -158,6 +168,8 @@ export interface MintOptions {
   kid?: string;
   ttlSeconds?: number;
   viewOnly?: boolean;
+  /** Connecting closes the session's other interactive consoles (4409); not with viewOnly. */
+  exclusive?: boolean;
   audience?: string;
   issuer?: string;
 }
@@ -171,17 +183,18 @@ export async function mintTicket(options: MintOptions): Promise<{ ticket: string
   const symmetric = key instanceof Uint8Array;
   if (symmetric && key.length < 32) throw new Error('ticket secret must be at least 32 bytes');
   if (!symmetric && options.alg === undefined) throw new Error('alg (EdDSA or ES256) is required with a private key');
+  if (options.viewOnly && options.exclusive) throw new Error('a view-only ticket cannot be exclusive');
   const now = Math.floor(Date.now() / 1000);
   const exp = now + (options.ttlSeconds ?? 60);
   const header = { alg: symmetric ? 'HS256' : options.alg!, typ: 'JWT', ...(options.kid ? { kid: options.kid } : {}) };
-  const ticket = await new SignJWT(options.viewOnly ? { view_only: true } : {})
+  const ticket = await new SignJWT({ ...(options.viewOnly ? { view_only: true } : {}), ...(options.exclusive ? { exclusive: true } : {}) })
     .setProtectedHeader(header)
     .setSubject(options.sessionId)
     .setJti(randomUUID())
     .setIssuedAt(now)
     .setExpirationTime(exp)
     .setAudience(options.audience ?? 'console-gateway')
-    .setIssuer(options.issuer ?? 'console-gateway')
+    .setIssuer(options.issuer ?? DEFAULT_ISSUER)
     .sign(key);
   return { ticket, expiresAt: new Date(exp * 1000) };
 }

@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
+import { databaseUnavailable } from '../db/failures.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
 import { isSocketTarget, targetOf } from '../db/sessions.js';
@@ -25,9 +26,12 @@ import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
 import { checkTarget, rulesOf } from './vm-endpoint.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
+import { clientAddress } from './client-address.js';
+import type { Limits } from './limits.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
+import type { LiveRegistry } from './live-registry.js';
 import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
@@ -39,7 +43,9 @@ export interface UpgradeDeps {
   metrics: Metrics;
   log: Logger;
   wss: WebSocketServer;
+  registry: LiveRegistry;
   proxy: WsProxy;
+  limits: Limits;
   isDraining(): boolean;
 }
 
@@ -63,8 +69,11 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 }
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const { config, store, tickets, consoles, metrics } = deps;
-  let log = deps.log.child({ consoleId: randomBytes(6).toString('hex') });
+  const { config, store, tickets, consoles, metrics, limits } = deps;
+  const consoleId = randomBytes(6).toString('hex');
+  const client = clientAddress(req, config.edge);
+  let log = deps.log.child({ consoleId, clientAddress: client });
+  const phase = phaseTimer(metrics);
   const waiting = new AbortController();
   const browserGone = () => waiting.abort(new BrowserGone());
   socket.once('close', browserGone);
@@ -75,17 +84,19 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     answered = true;
     refuseUpgrade(deps, log, req, socket, head, error);
   };
+  const held: (() => void)[] = [];
   try {
     if (deps.isDraining()) throw new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
-    if (config.maxConsoles > 0 && consoles.size >= config.maxConsoles) {
-      throw new GatewayError('CAPACITY', 'the gateway is at its console limit; try again shortly');
-    }
+    limits.checkThrottle(client);
+    held.push(limits.holdClient(client, consoles.size));
     checkOrigin(req, config);
     const token = ticketOf(req);
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
-    const claims = await tickets.verify(token);
+    const claims = await phase('ticket', () => tickets.verify(token));
     log = log.child({ sessionId: claims.sessionId });
-    const current = await databaseStep(tickets.consume(claims));
+    // Before the ticket is consumed: a console refused for the session's cap keeps its ticket.
+    held.push(limits.holdSession(claims.sessionId));
+    const current = await phase('database', () => databaseStep(tickets.consume(claims)));
     if (current === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
 
     consoles.waiting.add(waiting);
@@ -104,30 +115,58 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     } finally {
       consoles.waiting.delete(waiting);
       metrics.consolesWaiting.dec();
-      metrics.waitSeconds.observe((performance.now() - waitStarted) / 1000);
+      const waited = (performance.now() - waitStarted) / 1000;
+      metrics.waitSeconds.observe(waited);
+      metrics.upgradePhaseSeconds.observe({ phase: 'wait' }, waited);
     }
 
     const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const target = targetOf(session)!;
-    const vm = await dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal);
+    const vm = await phase('dial', async () => dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal));
     if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
+    // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
+    const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
+      vm.destroy();
+      throw error;
+    });
     socket.off('close', browserGone);
-    if (session.protocol === 'websockify' && !isSocketTarget(target)) {
-      const hostHeader = `${target.host}:${target.port}`;
-      const path = target.path ?? '/';
-      await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
-      answered = true;
-      await pipeRaw(deps, log, session.id, socket, vm, claims.viewOnly);
-    } else {
-      const ws = accept(deps.wss, req, socket, head);
-      answered = true;
-      await pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined });
+    try {
+      let running: Promise<void>;
+      if (session.protocol === 'websockify' && !isSocketTarget(target)) {
+        const hostHeader = `${target.host}:${target.port}`;
+        const path = target.path ?? '/';
+        await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+        answered = true;
+        running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
+      } else {
+        const ws = accept(deps.wss, req, socket, head);
+        answered = true;
+        running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
+      }
+      claim.live();
+      await running;
+    } finally {
+      await claim.release();
     }
   } catch (error) {
+    limits.noteRefusal(client, error);
     refuse(error);
   } finally {
     socket.off('close', browserGone);
+    for (const release of held) release();
   }
+}
+
+/** Times a step of the upgrade into console_gateway_upgrade_phase_duration_seconds{phase}. */
+function phaseTimer(metrics: Metrics) {
+  return async <T>(name: 'ticket' | 'database' | 'dial', step: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await step();
+    } finally {
+      metrics.upgradePhaseSeconds.observe({ phase: name }, (performance.now() - started) / 1000);
+    }
+  };
 }
 
 class BrowserGone extends Error {}
@@ -138,7 +177,7 @@ async function databaseStep<T>(step: Promise<T>): Promise<T> {
     return await step;
   } catch (error) {
     if (error instanceof GatewayError || error instanceof BrowserGone) throw error;
-    throw new GatewayError('DATABASE_UNAVAILABLE', 'the console database is unreachable; try again shortly', { cause: error });
+    throw databaseUnavailable(error);
   }
 }
 
@@ -181,12 +220,15 @@ interface VncConsole {
   viewOnly: boolean;
   /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
   greet: boolean;
+  consoleId: string;
 }
 
 function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
   const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'vnc',
     start: (onStop) => {
       endOnBadFrames(c.ws, onStop);
@@ -196,10 +238,12 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsol
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, viewOnly: boolean): Promise<void> {
-  const filter = viewOnly ? new ViewOnlyFilter() : undefined;
+function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, c: { viewOnly: boolean; consoleId: string }): Promise<void> {
+  const filter = c.viewOnly ? new ViewOnlyFilter() : undefined;
   return runLiveConsole(deps, log, {
     sessionId,
+    consoleId: c.consoleId,
+    viewOnly: c.viewOnly,
     kind: 'websockify',
     start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });

@@ -11,6 +11,8 @@ import { GatewayError } from '../errors.js';
 import { checkProtocolFit, validateTargetShape, type Resolver } from '../console/target.js';
 import { checkTarget, rulesOf } from '../console/vm-endpoint.js';
 import type { Tickets } from '../console/ticket.js';
+import type { FleetMetrics } from '../ops/fleet-metrics.js';
+import { countConsoles, kickConsoles } from '../db/live-consoles.js';
 
 export interface ControlDeps {
   config: Config;
@@ -19,6 +21,7 @@ export interface ControlDeps {
   /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
   teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
   resolver?: Resolver;
+  fleetMetrics?: FleetMetrics;
 }
 
 const OWNER_MAX = 200;
@@ -95,8 +98,16 @@ export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Prom
   }));
 }
 
-export async function getSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
-  return viewOf(await requireSession(deps.db, requireId(id)));
+/** The session, with its live consoles across replicas. */
+export async function getSessionOp(deps: ControlDeps, id: string): Promise<SessionView & { consoles: { live: number; exclusive: boolean } }> {
+  const row = await requireSession(deps.db, requireId(id));
+  return { ...viewOf(row), consoles: await countConsoles(deps.db, row.id) };
+}
+
+/** Closes the session's live consoles on every replica (4409); `closed`: how many were live. */
+export async function closeConsolesOp(deps: ControlDeps, id: string): Promise<{ closed: number }> {
+  const row = await requireSession(deps.db, requireId(id));
+  return { closed: await kickConsoles(deps.db, row.id) };
 }
 
 /** Commits the target; its credentials replace the stored ones (none given: none stored). */
@@ -131,17 +142,19 @@ export interface TicketView {
 
 export async function mintTicketOp(deps: ControlDeps, id: string, rawBody: unknown, publicUrl: string): Promise<TicketView> {
   const body = rawBody === undefined ? {} : objectBody(rawBody);
-  rejectUnknown(body, ['ttlSeconds', 'viewOnly']);
-  const { ttlSeconds = deps.config.ticketDefaultTtlSeconds, viewOnly = false } = body;
+  rejectUnknown(body, ['ttlSeconds', 'viewOnly', 'exclusive']);
+  const { ttlSeconds = deps.config.ticketDefaultTtlSeconds, viewOnly = false, exclusive = false } = body;
   const max = deps.config.ticketMaxTtlSeconds;
   if (typeof ttlSeconds !== 'number' || !Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > max) {
     throw new GatewayError('BAD_REQUEST', `ttlSeconds must be an integer between 1 and ${max}`);
   }
   if (typeof viewOnly !== 'boolean') throw new GatewayError('BAD_REQUEST', 'viewOnly must be true or false');
+  if (typeof exclusive !== 'boolean') throw new GatewayError('BAD_REQUEST', 'exclusive must be true or false');
+  if (viewOnly && exclusive) throw new GatewayError('BAD_REQUEST', 'a view-only ticket cannot be exclusive');
   const session = await requireSession(deps.db, requireId(id));
   if (session.status === 'stopped' || session.status === 'failed') {
     throw new GatewayError('SESSION_ENDED', `session is ${session.status}; create a new session`);
   }
-  const { ticket, expiresAt } = await deps.tickets.mint(session.id, ttlSeconds, viewOnly);
+  const { ticket, expiresAt } = await deps.tickets.mint(session.id, ttlSeconds, viewOnly, exclusive);
   return { ticket, expiresAt: expiresAt.toISOString(), consoleUrl: `${publicUrl}/console?ticket=${ticket}` };
 }

@@ -7,6 +7,8 @@ import type { SessionStatus } from './schema.js';
 export interface SessionEventMap {
   change: [id: string, status: SessionStatus];
   resync: [];
+  /** Console control from CONTROL_CHANNEL: take over (all interactive but `except`) or kick all. */
+  control: [action: 'takeover' | 'kick', sessionId: string, except: string | undefined];
 }
 
 export class SessionEvents extends EventEmitter<SessionEventMap> {
@@ -20,5 +22,11 @@ export class SessionEvents extends EventEmitter<SessionEventMap> {
   dispatch(payload: string | undefined): void {
     const match = /^([0-9a-f-]{36}):([a-z]+)$/.exec(payload ?? '');
     if (match) this.emit('change', match[1]!, match[2] as SessionStatus);
+  }
+
+  /** Parses a CONTROL_CHANNEL payload and emits 'control'; ignores anything else. */
+  dispatchControl(payload: string | undefined): void {
+    const match = /^(takeover|kick):([0-9a-f-]{36})(?::([\w-]{1,64}))?$/.exec(payload ?? '');
+    if (match) this.emit('control', match[1] as 'takeover' | 'kick', match[2]!, match[3]);
   }
 }

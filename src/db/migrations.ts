@@ -108,6 +108,58 @@ const migrations: Record<string, Migration> = {
         end $$`.execute(db);
     },
   },
+  // Fleet lifecycle: cleanup bookkeeping on the session (claimed by one cleaner at a time, so each
+  // ended session is cleaned exactly once), the reconciler's counters, port leases, ports found
+  // held by something else on a host, and the audit trail of every reconciler action.
+  '2026-12-01-02-fleet': {
+    async up(db: Kysely<any>) {
+      await sql`
+        alter table console_sessions
+          add column cleanup_completed_at timestamptz,
+          add column cleanup_reason text,
+          add column cleanup_claimed_by text,
+          add column cleanup_claimed_until timestamptz,
+          add column cleanup_attempts integer not null default 0,
+          add column cleanup_error text,
+          add column unreachable_probes integer not null default 0,
+          add column missing_resource_passes integer not null default 0,
+          add column last_port integer`.execute(db);
+      await sql`update console_sessions s set last_port = p.port from console_ports p where p.session_id = s.id`.execute(db);
+      // Sessions that ended before this version released their port at the stop and ran their
+      // teardown then; only those still holding a port are left for the first cleanup.
+      await sql`
+        update console_sessions s set cleanup_completed_at = coalesce(s.finished_at, s.updated_at), cleanup_reason = s.status
+        where s.status in ('stopped', 'failed') and not exists (select 1 from console_ports p where p.session_id = s.id)`.execute(db);
+      await sql`
+        create index console_sessions_uncleaned on console_sessions (finished_at)
+        where status in ('stopped', 'failed') and cleanup_completed_at is null`.execute(db);
+      await sql`create index console_sessions_pending on console_sessions (created_at) where status = 'pending'`.execute(db);
+      await sql`alter table console_ports add column lease_expires_at timestamptz`.execute(db);
+      await sql`update console_ports set lease_expires_at = allocated_at + interval '1 hour'`.execute(db);
+      await sql`alter table console_ports alter column lease_expires_at set not null`.execute(db);
+      await sql`create index console_ports_lease_expires_at on console_ports (lease_expires_at)`.execute(db);
+      await sql`
+        create table console_port_conflicts (
+          port integer not null,
+          host text not null,
+          detected_at timestamptz not null default now(),
+          primary key (port, host)
+        )`.execute(db);
+      await sql`
+        create table console_audit (
+          id bigserial primary key,
+          session_id uuid,
+          action text not null,
+          reason text not null,
+          actor text not null,
+          rule text,
+          dry_run boolean not null default false,
+          created_at timestamptz not null default now()
+        )`.execute(db);
+      await sql`create index console_audit_session on console_audit (session_id, created_at)`.execute(db);
+      await sql`create index console_audit_created_at on console_audit (created_at)`.execute(db);
+    },
+  },
   // Targets beyond host and port: a `vnc` target on a unix socket, and websockify targets that
   // serve no noVNC pages. The socket's bookkeeping (provisioning, deadline, wake-up) lives in
   // triggers of its own beside the ones above, so neither needs to know about the other.
@@ -179,6 +231,9 @@ export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultS
     provider: { getMigrations: async () => migrations },
     migrationTableName: 'console_gateway_migrations',
     migrationLockTableName: 'console_gateway_migrations_lock',
+    // Dated names are assigned per piece of work and land in any order; each touches its own
+    // columns, so one that sorts before an applied one still runs.
+    allowUnorderedMigrations: true,
   });
   const result = await migrator.migrateToLatest();
   if (result.error !== undefined) {

@@ -8,7 +8,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { PGliteDialect } from './pglite-dialect.js';
 import { SessionEvents } from './events.js';
-import { SESSION_CHANNEL, type Database } from './schema.js';
+import { CONTROL_CHANNEL, SESSION_CHANNEL, type Database } from './schema.js';
 
 export interface Store {
   readonly db: Kysely<Database>;
@@ -54,6 +54,9 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
   const pool = new pg.Pool({ ...connection, max: 10, idleTimeoutMillis: 30_000 });
   // An idle client's socket error is emitted on the pool; unhandled it would crash the process.
   pool.on('error', (error) => log.warn({ err: error }, 'database connection lost; the pool will reconnect'));
+  // A checked-out client has no pool listener: a connection that dies mid-query emits 'error' on
+  // the client as well as failing the query (which its caller reports), and unheard that crashes.
+  pool.on('connect', (client) => client.on('error', (error) => log.debug({ err: error }, 'database connection lost during a query')));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const events = new SessionEvents();
   const store: Store = {
@@ -90,11 +93,13 @@ async function listenForever(connection: pg.ClientConfig, events: SessionEvents,
       client.on('end', () => resolve(undefined));
       signal.addEventListener('abort', () => resolve(undefined), { once: true });
     });
-    client.on('notification', (message) => events.dispatch(message.payload));
+    client.on('notification', (message) =>
+      message.channel === CONTROL_CHANNEL ? events.dispatchControl(message.payload) : events.dispatch(message.payload),
+    );
     let health: NodeJS.Timeout | undefined;
     try {
       await client.connect();
-      await client.query(`listen ${SESSION_CHANNEL}`);
+      await client.query(`listen ${SESSION_CHANNEL}; listen ${CONTROL_CHANNEL}`);
       backoff = LISTEN_BACKOFF_MIN_MS;
       events.emit('resync');
       // A silently dead TCP connection delivers no notifications and no error: probe it.
@@ -130,7 +135,10 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   }
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
   const events = new SessionEvents();
-  if (listen) await pglite.listen(SESSION_CHANNEL, (payload) => events.dispatch(payload));
+  if (listen) {
+    await pglite.listen(SESSION_CHANNEL, (payload) => events.dispatch(payload));
+    await pglite.listen(CONTROL_CHANNEL, (payload) => events.dispatchControl(payload));
+  }
   log.debug({ dataDir: dir }, 'embedded database opened');
   return {
     db,

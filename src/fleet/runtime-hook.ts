@@ -48,6 +48,8 @@ export interface HookOptions {
   secrets?: readonly (string | undefined)[];
   /** Time between SIGTERM and SIGKILL once the timeout has passed. */
   killGraceMs?: number;
+  /** The hook's whole environment (Config.runtimeHookEnv); none of the gateway's own. */
+  env?: Readonly<Record<string, string>>;
 }
 
 /** The configured values no hook output, diagnostic or report may show. */
@@ -60,7 +62,10 @@ export function secretsOf(config: Pick<Config, 'ticketSecret' | 'controlToken' |
 
 /** The hook of RUNTIME_HOOK_COMMAND, redacting the configured secrets; undefined when unset. */
 export function runtimeHookFromConfig(config: Config, log: Logger): RuntimeHook | undefined {
-  return createRuntimeHook(config.runtimeHookCommand, config.runtimeHookTimeoutSeconds * 1000, log, { secrets: secretsOf(config) });
+  return createRuntimeHook(config.runtimeHookCommand, config.runtimeHookTimeoutSeconds * 1000, log, {
+    secrets: secretsOf(config),
+    env: config.runtimeHookEnv,
+  });
 }
 
 /** Bytes read from each of stdout and stderr; anything beyond is discarded, not buffered. */
@@ -74,10 +79,11 @@ export function createRuntimeHook(argv: readonly string[], timeoutMs: number, lo
   const [program, ...args] = argv as [string, ...string[]];
   const killGraceMs = options.killGraceMs ?? 2_000;
   const secrets = options.secrets ?? [];
+  const env = { ...options.env };
   return {
     async run(action, session) {
       const started = performance.now();
-      const raw = await spawnHook(program, [...args, action], JSON.stringify({ action, session }), timeoutMs, killGraceMs);
+      const raw = await spawnHook({ program, args: [...args, action], env, input: JSON.stringify({ action, session }), timeoutMs, killGraceMs });
       const scrub = (text: string) => redactOwnerIn(redactText(text, secrets), session.ownerId);
       const result = interpret(raw, scrub, timeoutMs);
       result.elapsedMs = Math.round(performance.now() - started);
@@ -98,9 +104,18 @@ interface RawRun {
   spawnError?: string;
 }
 
-function spawnHook(program: string, args: string[], input: string, timeoutMs: number, killGraceMs: number): Promise<RawRun> {
+interface SpawnOptions {
+  program: string;
+  args: string[];
+  env: Record<string, string>;
+  input: string;
+  timeoutMs: number;
+  killGraceMs: number;
+}
+
+function spawnHook({ program, args, env, input, timeoutMs, killGraceMs }: SpawnOptions): Promise<RawRun> {
   return new Promise((resolve) => {
-    const child = spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'], shell: false, windowsHide: true });
+    const child = spawn(program, args, { env, stdio: ['pipe', 'pipe', 'pipe'], shell: false, windowsHide: true });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let outBytes = 0;

@@ -1,6 +1,7 @@
 // Prometheus metrics. One registry per gateway instance (tests run several in one process); labels
 // are closed sets (outcome codes, directions), never session ids, tickets or addresses.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createFleetMetrics, type FleetMetrics } from './fleet-metrics.js';
 
 /** Bytes piped, added to by the pump per chunk and read by the bytes counter at scrape time. */
 export interface Traffic {
@@ -20,6 +21,12 @@ export interface Metrics {
   readonly closes: Counter<'code'>;
   readonly probes: Counter<'result'>;
   readonly sessionTransitions: Counter<'to'>;
+  readonly refusals: Counter<'cap'>;
+  readonly upgradePhaseSeconds: Histogram<'phase'>;
+  readonly probeSeconds: Histogram<'result'>;
+  readonly probeFailures: Counter<'kind'>;
+  /** The reconciler and the port pool. */
+  readonly fleet: FleetMetrics;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -87,5 +94,32 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       labelNames: ['to'],
       registers,
     }),
+    refusals: new Counter({
+      name: 'console_gateway_refusals_total',
+      help: 'Upgrades refused by a cap or the failed-upgrade throttle, by cap',
+      labelNames: ['cap'],
+      registers,
+    }),
+    upgradePhaseSeconds: new Histogram({
+      name: 'console_gateway_upgrade_phase_duration_seconds',
+      help: 'Time an upgrade spent in each phase: ticket (verify), database (consume + read), wait (for ready), dial (resolve + connect)',
+      labelNames: ['phase'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25],
+      registers,
+    }),
+    probeSeconds: new Histogram({
+      name: 'console_gateway_probe_duration_seconds',
+      help: 'Duration of readiness probe attempts by result (ok, failed)',
+      labelNames: ['result'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    probeFailures: new Counter({
+      name: 'console_gateway_probe_failures_total',
+      help: 'Failed readiness probe attempts by kind: tcp, banner, http, websocket, outside_cidrs',
+      labelNames: ['kind'],
+      registers,
+    }),
+    fleet: createFleetMetrics(registers),
   };
 }

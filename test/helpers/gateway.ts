@@ -97,11 +97,14 @@ export interface Outcome {
  */
 export function openConsole(
   url: string,
-  options: { protocols?: string[]; headers?: Record<string, string>; untilMessages?: number; timeoutMs?: number } = {},
+  options: { protocols?: string[]; headers?: Record<string, string>; untilMessages?: number; timeoutMs?: number; localAddress?: string } = {},
 ): Promise<Outcome> {
   return new Promise((resolve) => {
     const outcome: Outcome = { messages: [] };
-    const ws = new WebSocket(url, options.protocols ?? ['binary'], { headers: options.headers ?? {} });
+    const ws = new WebSocket(url, options.protocols ?? ['binary'], {
+      headers: options.headers ?? {},
+      ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {}),
+    });
     const timer = setTimeout(() => ws.terminate(), options.timeoutMs ?? 20_000);
     ws.on('open', () => (outcome.protocol = ws.protocol));
     ws.on('message', (data: Buffer) => {

@@ -1,0 +1,99 @@
+// This replica's side of the shared live-console registry: it registers each console before the
+// browser's handshake is answered (so "in exclusive use" is a refusal with a reason), renews the
+// rows while they live, and carries out takeover and kick notifications for the consoles it holds.
+// A console that registered but is not live yet when a takeover arrives is marked, and ended the
+// moment it goes live, so no console slips between the registry and this process's set.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import type { SessionEvents } from '../db/events.js';
+import { registerConsole, renewConsoles, unregisterConsole } from '../db/live-consoles.js';
+import type { Database } from '../db/schema.js';
+import type { ErrorCode } from '../errors.js';
+import type { Consoles } from './consoles.js';
+
+export interface ClaimOptions {
+  consoleId: string;
+  sessionId: string;
+  viewOnly: boolean;
+  exclusive: boolean;
+}
+
+export interface Claim {
+  /** Call once the console is live (in Consoles): ends it at once if it was taken over meanwhile. */
+  live(): void;
+  /** Removes the registry row; never throws (a row left behind expires). */
+  release(): Promise<void>;
+}
+
+const TTL_MS = 30_000;
+const RENEW_MS = 10_000;
+
+const TAKEN_OVER: [ErrorCode, string] = ['CONSOLE_TAKEN_OVER', 'taken over by another viewer'];
+const KICKED: [ErrorCode, string] = ['CONSOLE_KICKED', 'the console was closed by an administrator'];
+
+export class LiveRegistry {
+  readonly replicaId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  private readonly pending = new Map<string, ClaimOptions & { ended?: [ErrorCode, string] }>();
+  /** Claims not yet released, so stop() can let their rows go before the database closes. */
+  private readonly held = new Set<Promise<void>>();
+  private readonly renewer: NodeJS.Timeout;
+  private readonly onControl = (action: 'takeover' | 'kick', sessionId: string, except: string | undefined) => {
+    const end = action === 'kick' ? KICKED : TAKEN_OVER;
+    const hit = (c: { id?: string | undefined; sessionId: string; viewOnly?: boolean | undefined }) =>
+      c.sessionId === sessionId && (action === 'kick' || (c.id !== except && c.viewOnly !== true));
+    for (const c of this.consoles.live) if (hit(c)) c.end(...end);
+    for (const [id, p] of this.pending) if (hit({ ...p, id })) p.ended ??= end;
+  };
+
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly events: SessionEvents,
+    private readonly consoles: Consoles,
+    private readonly log: Logger,
+  ) {
+    events.on('control', this.onControl);
+    this.renewer = setInterval(() => {
+      renewConsoles(db, this.replicaId, TTL_MS).catch((error) => log.warn({ err: error }, 'renewing the live-console registry failed'));
+    }, RENEW_MS);
+    this.renewer.unref();
+  }
+
+  /** Registers a console; throws CONSOLE_IN_EXCLUSIVE_USE, or the database's error. */
+  async claim(options: ClaimOptions): Promise<Claim> {
+    const { consoleId } = options;
+    this.pending.set(consoleId, { ...options });
+    try {
+      await registerConsole(this.db, { id: consoleId, sessionId: options.sessionId, replicaId: this.replicaId, viewOnly: options.viewOnly, exclusive: options.exclusive, ttlMs: TTL_MS });
+    } catch (error) {
+      this.pending.delete(consoleId);
+      throw error;
+    }
+    let released!: () => void;
+    const held = new Promise<void>((resolve) => (released = resolve));
+    this.held.add(held);
+    return {
+      live: () => {
+        const ended = this.pending.get(consoleId)?.ended;
+        this.pending.delete(consoleId);
+        if (ended === undefined) return;
+        for (const c of this.consoles.live) if (c.id === consoleId) c.end(...ended);
+      },
+      release: async () => {
+        this.pending.delete(consoleId);
+        await unregisterConsole(this.db, consoleId).catch((error) => this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire'));
+        this.held.delete(held);
+        released();
+      },
+    };
+  }
+
+  /** Stops renewing; each console's row goes when it ends (or expires, if this process dies). */
+  async stop(graceMs = 2_000): Promise<void> {
+    clearInterval(this.renewer);
+    this.events.off('control', this.onControl);
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
+    await Promise.race([Promise.all(this.held), grace]);
+  }
+}

@@ -7,13 +7,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { decode } from 'fast-png';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { diagnose } from '../src/control/diagnose.js';
 import { probeSession } from '../src/fleet/probe.js';
 import { launchBrowser } from './helpers/browser.js';
-import { startTestGateway, TEST_ENV, type TestGateway } from './helpers/gateway.js';
+import { CONTROL_TOKEN, startTestGateway, TEST_ENV, type TestGateway } from './helpers/gateway.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 import { startQemu, type Qemu, type Screen } from './helpers/qemu.js';
 
@@ -183,13 +184,18 @@ describe('QEMU consoles in Chromium, readiness gate on', () => {
     await page.close();
   });
 
-  it('shows it through a vnc session to QEMU on a unix socket inside TARGET_ALLOWED_SOCKET_DIRS', async () => {
+  it('shows it through a vnc session to QEMU on a unix socket inside TARGET_ALLOWED_SOCKET_DIRS, and so does a screenshot', async () => {
     const id = await readySession('vnc', { socket: onSocket.socket });
     expect((await statusOf(id)).target).toEqual({ socket: onSocket.socket });
     const page = await openPage(id);
     await expect.poll(() => state(page), { timeout: 15_000 }).toBe('connected');
     await expectFirmwareScreen(page, onSocket);
     await page.close();
+    // The screenshot API reaches it through the same checked socket path.
+    const res = await fetch(`${gateway.url}/api/v1/sessions/${id}/screenshot`, { headers: { authorization: `Bearer ${CONTROL_TOKEN}` } });
+    expect(res.status).toBe(200);
+    const png = decode(new Uint8Array(await res.arrayBuffer()));
+    expect([png.width, png.height]).toEqual([720, 400]);
   });
 });
 

@@ -7,7 +7,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json ./
 COPY src ./src
-RUN npx tsc -p tsconfig.json
+COPY static ./static
+COPY scripts ./scripts
+# The gateway, then the console page bundled with noVNC (dist/page, hashed and precompressed).
+RUN npm run build
 
 # Runtime stage: production dependencies, compiled code, the page and the hook examples.
 FROM node:26-slim

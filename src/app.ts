@@ -74,7 +74,9 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
     const hook = runtimeHookFromConfig(config, log);
     const teardown = hook === undefined ? undefined : createTeardown(hook, log);
     const gateway = await startGateway({ config, store, tickets, metrics, log, ...(teardown ? { teardown } : {}) });
-    const gate = config.gateEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
+    // With gating off there is nothing to probe, but targets committed by plain SQL still need
+    // promoting to ready, by the gateway itself whether or not a gate sidecar runs.
+    const gate = config.gateEnabled || !config.readyGatingEnabled ? startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) }) : undefined;
     const purge = setInterval(() => {
       purgeConsumedTickets(store.db).catch((error) => log.warn({ err: error }, 'purging consumed tickets failed'));
     }, PURGE_INTERVAL_MS);

@@ -27,6 +27,8 @@ export interface Config {
   readonly connectTimeoutSeconds: number;
   readonly idleTimeoutSeconds: number;
   readonly maxDurationSeconds: number;
+  /** How often a live console's browser is pinged; one unanswered ping ends it. */
+  readonly heartbeatSeconds: number;
   readonly maxConsoles: number;
   readonly drainTimeoutSeconds: number;
   readonly headersTimeoutSeconds: number;
@@ -221,6 +223,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     connectTimeoutSeconds: num('TARGET_CONNECT_TIMEOUT_SECONDS', 5, 0.1, 120, false),
     idleTimeoutSeconds: num('CONSOLE_IDLE_TIMEOUT_SECONDS', 0, 0),
     maxDurationSeconds: num('CONSOLE_MAX_DURATION_SECONDS', 0, 0),
+    heartbeatSeconds: num('CONSOLE_HEARTBEAT_SECONDS', 30, 1, 3600),
     maxConsoles: num('MAX_CONSOLES', 20000, 0),
     drainTimeoutSeconds: num('DRAIN_TIMEOUT_SECONDS', 20, 0, 3600, false),
     headersTimeoutSeconds: num('HEADERS_TIMEOUT_SECONDS', 10, 1, 300),

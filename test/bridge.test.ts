@@ -2,7 +2,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
-import { closesCount, expectEnding } from './helpers/endings.js';
+import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
 
 let gateway: TestGateway;
@@ -105,25 +105,27 @@ describe('the byte pump', () => {
 
   it('closes the browser side with 1000 and a reason when the VM ends the connection, and counts and logs that close', async () => {
     const { ws, vm, id } = await consoleTo();
-    const before = await closesCount(gateway, 1000);
+    const before = await closesNow(gateway);
     const closed = new Promise<[number, string]>((resolve) => ws.on('close', (c, r) => resolve([c, r.toString()])));
     ws.send(Buffer.from('hello'));
     await new Promise((resolve) => vm.once('data', resolve));
     vm.end(Buffer.from('bye'));
     const [code, reason] = await closed;
     expect([code, reason]).toEqual([1000, 'the VM closed the console connection']);
-    const line = await expectEnding(gateway, id, { code, reason }, before, 'VM_CLOSED');
+    const line = await expectEnding(gateway, id, { code, reason }, 'VM_CLOSED');
     expect(line).toMatchObject({ bytesDown: 3, bytesUp: 5, kind: 'vnc' });
+    expect(await closesSince(gateway, before)).toEqual({ 1000: 1 });
   });
 
   it('closes the browser side with 4502 when the VM connection is reset', async () => {
     const { ws, vm, id } = await consoleTo();
-    const before = await closesCount(gateway, 4502);
+    const before = await closesNow(gateway);
     const closed = new Promise<[number, string]>((resolve) => ws.on('close', (c, r) => resolve([c, r.toString()])));
     vm.resetAndDestroy();
     const [code, reason] = await closed;
     expect([code, reason]).toEqual([4502, 'lost the connection to the VM console (ECONNRESET)']);
-    await expectEnding(gateway, id, { code, reason }, before, 'VM_CONNECTION_LOST');
+    await expectEnding(gateway, id, { code, reason }, 'VM_CONNECTION_LOST');
+    expect(await closesSince(gateway, before)).toEqual({ 4502: 1 });
   });
 
   it('closes the VM connection when the browser goes away', async () => {

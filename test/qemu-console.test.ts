@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decode } from 'fast-png';
 import type { Browser, Page } from 'playwright-core';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { diagnose } from '../src/control/diagnose.js';
@@ -231,6 +232,20 @@ describe('readiness of a WebSocket target without a web root', () => {
       expect(report.probe, JSON.stringify(report.probe)).toMatchObject({ ok: true });
       expect(healthy).toBe(true);
     }
+  });
+});
+
+describe('unix-socket targets committed with plain SQL', () => {
+  it('start the readiness deadline again when a backend commits another socket', async () => {
+    const db = gateway.running.store.db;
+    const id = await createSession('vnc', { socket: join(sockets, 'vm-8', 'vnc.sock') }); // no VM yet
+    const since = async () =>
+      (await sql<{ since: Date }>`select provisioning_since as since from console_sessions where id = ${id}`.execute(db)).rows[0]!.since.getTime();
+    const first = await since();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await sql`update console_sessions set target_socket = ${join(sockets, 'vm-9', 'vnc.sock')} where id = ${id}`.execute(db);
+    expect(await since()).toBeGreaterThan(first);
+    expect((await statusOf(id)).status).toBe('provisioning');
   });
 });
 

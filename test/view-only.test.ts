@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { ViewOnlyFilter } from '../src/console/view-only.js';
 import { mintTicket } from '../src/console/ticket.js';
-import { closesCount, expectEnding } from './helpers/endings.js';
+import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { SECRET, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { startWebsockify, type Websockify } from './helpers/websockify.js';
 
@@ -103,13 +103,14 @@ describe('view-only tickets through the gateway', () => {
   it('closes a view-only pass-through console with 1008 when its input cannot be parsed, and counts and logs it', async () => {
     const id = await sessionTo('websockify', websockify.port);
     const { ticket } = await mintTicket({ sessionId: id, key: SECRET, viewOnly: true });
-    const before = await closesCount(gateway, 1008);
+    const before = await closesNow(gateway);
     const ws = new WebSocket(`${gateway.wsUrl}?ticket=${ticket}`, ['binary']);
     const closed = new Promise<[number, string]>((r) => ws.on('close', (c, reason) => r([c, reason.toString()])));
     await new Promise((r) => ws.once('open', r));
     ws.send(Buffer.from('RFB 003.003\n'));
     const [code, reason] = await closed;
     expect([code, reason]).toEqual([1008, 'view-only console: cannot pass client protocol version (RFB 3.7 or later is needed)']);
-    await expectEnding(gateway, id, { code, reason }, before, 'VIEW_ONLY_VIOLATION');
+    await expectEnding(gateway, id, { code, reason }, 'VIEW_ONLY_VIOLATION');
+    expect(await closesSince(gateway, before)).toEqual({ 1008: 1 });
   });
 });

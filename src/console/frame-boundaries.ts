@@ -33,6 +33,8 @@ export class FrameBoundaries {
   private readonly mask = Buffer.alloc(4);
   private maskOffset = 0;
   private control: Buffer[] = [];
+  /** Data frames (not ping, pong or close) whose header has been read: activity, for idle limits. */
+  dataFrames = 0;
 
   constructor(private readonly listener: FrameListener = {}) {}
 
@@ -104,7 +106,8 @@ export class FrameBoundaries {
     }
     this.opcode = first & 0x0f;
     this.masked = (second & 0x80) !== 0;
-    if (this.opcode >= OPCODE.CLOSE) {
+    if (this.opcode < OPCODE.CLOSE) this.dataFrames++;
+    else {
       if ((first & 0x80) === 0) throw new FrameError('fragmented control frame');
       if (length > MAX_CONTROL_PAYLOAD) throw new FrameError('control frame over 125 bytes');
     }

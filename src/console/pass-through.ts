@@ -150,13 +150,15 @@ class PassThrough implements Pump {
       if (this.targetSaid !== undefined) this.targetClosedFirst();
       else this.flushDown();
     }
+    // Our close frame went out mid-chunk: keep following the rest for the target's answer.
+    if (at < chunk.length) this.followDown(chunk.subarray(at));
   }
 
   /** After our close frame: only watch for the target's answer. */
   private followDown(chunk: Buffer): void {
     try {
       this.down.advance(chunk);
-    } catch (error) {
+    } catch {
       this.downBroken = true;
       this.target.destroy();
       return;
@@ -232,10 +234,16 @@ class PassThrough implements Pump {
   // ---------------------------------------------------------------- browser → target
 
   private browserOnData(chunk: Buffer): void {
-    this.stats.lastActivity = Date.now();
     this.stats.up += chunk.length;
     this.options.traffic.up += chunk.length;
     if (this.upBroken) return;
+    // Answers to our pings are not activity: an idle console stays idle.
+    const frames = this.up.dataFrames;
+    this.forwardUp(chunk);
+    if (this.up.dataFrames !== frames) this.stats.lastActivity = Date.now();
+  }
+
+  private forwardUp(chunk: Buffer): void {
     if (this.options.viewOnly !== undefined) return this.filterUp(chunk);
     let at = 0;
     while (at < chunk.length) {

@@ -42,7 +42,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-const HEARTBEAT_MS = 30_000;
 const READY_PING_TIMEOUT_MS = 2_000;
 const CLOSE_GRACE_MS = 1_000;
 
@@ -54,7 +53,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const consoles = new Consoles(store.events, {
     idleTimeoutMs: config.idleTimeoutSeconds * 1000,
     maxDurationMs: config.maxDurationSeconds * 1000,
-    heartbeatMs: HEARTBEAT_MS,
+    heartbeatMs: config.heartbeatSeconds * 1000,
   });
   const wss = new WebSocketServer({
     noServer: true,

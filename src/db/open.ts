@@ -7,6 +7,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { PGliteDialect } from './pglite-dialect.js';
+import { initdbInChild, isInitialised } from './pglite-initdb.js';
 import { SessionEvents } from './events.js';
 import { CONTROL_CHANNEL, SESSION_CHANNEL, type Database } from './schema.js';
 
@@ -35,6 +36,10 @@ const QUERY_TIMEOUT_MS = 15_000;
 const LISTEN_BACKOFF_MIN_MS = 250;
 const LISTEN_BACKOFF_MAX_MS = 10_000;
 const LISTEN_HEALTH_INTERVAL_MS = 15_000;
+
+// The embedded database holds a few small tables; PostgreSQL's default 128 MB of shared buffers
+// would only make the process bigger (the OS page cache keeps the files warm anyway).
+const EMBEDDED_SETTINGS = ['-c', 'shared_buffers=2MB', '-c', 'temp_buffers=1MB', '-c', 'work_mem=1MB'];
 
 /** Opens the configured database; throws a one-line error when it cannot be reached. */
 export async function openStore(options: StoreOptions): Promise<Store> {
@@ -128,7 +133,8 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   const { PGlite } = await import('@electric-sql/pglite');
   let pglite;
   try {
-    pglite = await PGlite.create(pgDir);
+    if (!(await isInitialised(pgDir))) await initdbInChild(pgDir);
+    pglite = await PGlite.create(pgDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
   } catch (error) {
     await unlock();
     throw new Error(`embedded database under ${dir} could not be opened: ${(error as Error).message}`, { cause: error });

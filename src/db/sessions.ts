@@ -28,7 +28,7 @@ export function describeTarget(target: Target): string {
   return isSocketTarget(target) ? `unix:${target.socket}` : `${target.host}:${target.port}${target.path ?? ''}`;
 }
 
-/** A session as the API and CLI answer it (DESIGN.md "Sessions"). */
+/** A session as the API and CLI answer it (README "HTTP surface"). */
 export interface SessionView {
   id: string;
   status: SessionStatus;
@@ -188,4 +188,19 @@ export async function setTargetCredentials(db: Kysely<Database>, id: string, sea
   const row = await db.updateTable('console_sessions').set({ target_credentials: sealed }).where('id', '=', id).returningAll().executeTakeFirst();
   if (row === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
   return row;
+}
+
+/**
+ * Provisioning → ready for every session with a committed target (readiness gating disabled).
+ * Conditioned on the status, so of several replicas racing only one promotes a session.
+ */
+export async function promoteProvisioning(db: Kysely<Database>): Promise<string[]> {
+  const rows = await db
+    .updateTable('console_sessions')
+    .set({ status: 'ready', probe_owner: null, probe_lease_until: null })
+    .where('status', '=', 'provisioning')
+    .where((eb) => eb.or([eb.and([eb('target_host', 'is not', null), eb('target_port', 'is not', null)]), eb('target_socket', 'is not', null)]))
+    .returning('id')
+    .execute();
+  return rows.map((r) => r.id);
 }

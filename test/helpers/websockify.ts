@@ -7,6 +7,8 @@
 // process to log it (-v logs every request line).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { request } from 'node:http';
 import { exited, randomInt, stopProcess, tail } from './xvnc.js';
 
@@ -19,6 +21,8 @@ export interface Websockify {
   port: number;
   /** Stops websockify and waits until it exited. */
   close(): Promise<void>;
+  /** SIGKILLs websockify and the processes it forked for its connections. */
+  crash(): Promise<void>;
 }
 
 /** Starts websockify on 127.0.0.1:<random> relaying to 127.0.0.1:targetPort; `web` serves a directory too. */
@@ -38,12 +42,32 @@ export async function startWebsockify(targetPort: number, options: { web?: strin
     const log = () => out() + err();
     const outcome = await ownPort(child, port, log);
     if (outcome === undefined) {
-      return { port, close: () => stopProcess(child) };
+      return { port, close: () => stopProcess(child), crash: () => crash(child) };
     }
     await stopProcess(child);
     failures.push(`port ${port}: ${outcome}; websockify said: ${log().trim().split('\n').slice(-3).join(' | ')}`);
   }
   throw new Error(`websockify did not start in ${ATTEMPTS} attempts:\n${failures.join('\n')}`);
+}
+
+/** websockify forks a process per connection: kill those (by parent pid), then websockify. */
+async function crash(child: ChildProcess): Promise<void> {
+  const pid = child.pid!;
+  const forks = (await readdir('/proc')).filter((d) => /^\d+$/.test(d)).filter((d) => parentOf(d) === pid);
+  for (const fork of forks) process.kill(Number(fork), 'SIGKILL');
+  const gone = exited(child);
+  child.kill('SIGKILL');
+  await gone;
+}
+
+function parentOf(pid: string): number | undefined {
+  try {
+    // Fields after the parenthesised command name: state, ppid, …
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Undefined once `child` itself answered HTTP on `port`; otherwise why not. */

@@ -33,6 +33,8 @@ export interface Xvnc {
   display: number;
   /** Kills the X client and Xvnc and waits until both exited. */
   close(): Promise<void>;
+  /** SIGKILLs Xvnc (the VM dies) and waits until it exited. */
+  crash(): Promise<void>;
 }
 
 /** Starts Xvnc and the test X client; resolves when RFB answers and the window is drawn. */
@@ -54,6 +56,11 @@ export async function startXvnc(options: XvncOptions = {}): Promise<Xvnc> {
       return {
         port,
         display,
+        async crash() {
+          const gone = exited(started.server);
+          started.server.kill('SIGKILL');
+          await gone;
+        },
         async close() {
           await stopProcess(started.app);
           await stopProcess(started.server);

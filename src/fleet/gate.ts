@@ -175,6 +175,8 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     if (signal.aborted) return;
     attempts++;
     metrics?.probes.labels(last.ok ? 'ok' : 'failed').inc();
+    metrics?.probeSeconds.observe({ result: last.ok ? 'ok' : 'failed' }, last.elapsedMs / 1000);
+    if (!last.ok) metrics?.probeFailures.inc({ kind: last.kind });
     history.push({ at: new Date().toISOString(), ok: last.ok, ...(last.ok ? {} : { reason: last.reason }), elapsedMs: last.elapsedMs });
     if (history.length > HISTORY) history.shift();
 

@@ -18,8 +18,17 @@ import type { SessionRow } from '../db/schema.js';
 import { authenticateVm } from '../console/rfb-auth.js';
 import { socketIo } from '../console/rfb-io.js';
 
+/**
+ * Where a failed probe stopped, for console_gateway_probe_failures_total{kind}: the TCP connection
+ * (or name resolution), the RFB banner or handshake, the HTTP ready page, the WebSocket handshake,
+ * or a target outside TARGET_ALLOWED_CIDRS (or a socket outside TARGET_ALLOWED_SOCKET_DIRS).
+ */
+export type ProbeFailureKind = 'tcp' | 'banner' | 'http' | 'websocket' | 'outside_cidrs';
+
 /** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
-export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };
+export type ProbeResult =
+  | { ok: true; elapsedMs: number }
+  | { ok: false; reason: string; kind: ProbeFailureKind; elapsedMs: number; forbidden?: true };
 
 export interface ProbeOptions {
   allowed: CidrList;
@@ -52,10 +61,17 @@ const BANNER_BYTES = 12;
 /** A failed step: its message is the probe's one-line reason. */
 class NotReady extends Error {}
 
+/** The options of one attempt: each step reports how far it got, which names a failure's kind. */
+interface Attempt extends ProbeOptions {
+  reached(kind: ProbeFailureKind): void;
+}
+
 /** Probes `target` once. Never throws: a forbidden or unresolvable target is a failed probe. */
 export async function probeSession(target: Target, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
   const started = performance.now();
   const elapsed = () => Math.round(performance.now() - started);
+  let kind: ProbeFailureKind = 'tcp';
+  const attempt: Attempt = { ...options, reached: (k) => (kind = k) };
   try {
     options.signal?.throwIfAborted();
     const rules = { cidrs: options.allowed, socketDirs: options.socketDirs ?? [], ...(options.resolve ? { resolve: options.resolve } : {}) };
@@ -63,17 +79,24 @@ export async function probeSession(target: Target, protocol: Protocol, options: 
     if (protocol === 'vnc') {
       const stored = options.credentials;
       const credentials = stored === undefined ? undefined : openCredentials(stored.key, stored.sessionId, stored.sealed);
-      await (credentials === undefined ? readVncBanner(endpoint, options) : authenticate(endpoint, credentials, options));
+      await (credentials === undefined ? readVncBanner(endpoint, attempt) : authenticate(endpoint, credentials, attempt));
     } else if ('host' in endpoint && !isSocketTarget(target)) {
-      if (target.webRoot !== false && options.readyPaths.length > 0) await getReadyPage(endpoint.host, target, options);
-      await readWebSocketBanner(endpoint.host, target, options);
+      if (target.webRoot !== false && options.readyPaths.length > 0) await getReadyPage(endpoint.host, target, attempt);
+      attempt.reached('websocket');
+      await readWebSocketBanner(endpoint.host, target, attempt);
     } else {
       throw new NotReady('a websockify target needs a host and port, not a unix socket');
     }
     return { ok: true, elapsedMs: elapsed() };
   } catch (error) {
     const forbidden = error instanceof GatewayError && error.code === 'TARGET_FORBIDDEN';
-    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed(), ...(forbidden ? { forbidden: true as const } : {}) };
+    return {
+      ok: false,
+      reason: reasonOf(error),
+      kind: forbidden ? 'outside_cidrs' : kind,
+      elapsedMs: elapsed(),
+      ...(forbidden ? { forbidden: true as const } : {}),
+    };
   }
 }
 
@@ -136,7 +159,7 @@ function step<T>(
   });
 }
 
-function readVncBanner(endpoint: VmEndpoint, options: ProbeOptions): Promise<void> {
+function readVncBanner(endpoint: VmEndpoint, options: Attempt): Promise<void> {
   let connected = false;
   const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
@@ -145,7 +168,10 @@ function readVncBanner(endpoint: VmEndpoint, options: ProbeOptions): Promise<voi
     const socket: Socket = connect(endpoint);
     let received = Buffer.alloc(0);
     if (!unix) socket.setNoDelay(true);
-    socket.once('connect', () => (connected = true));
+    socket.once('connect', () => {
+      connected = true;
+      options.reached('banner');
+    });
     socket.on('error', (error: NodeJS.ErrnoException) =>
       reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
     );
@@ -162,7 +188,7 @@ function readVncBanner(endpoint: VmEndpoint, options: ProbeOptions): Promise<voi
 }
 
 /** Connects and runs VNC authentication with the stored credentials, as the console path will. */
-function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: ProbeOptions): Promise<void> {
+function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: Attempt): Promise<void> {
   let connected = false;
   const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
@@ -175,6 +201,7 @@ function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: P
     );
     socket.once('connect', () => {
       connected = true;
+      options.reached('banner');
       authenticateVm(socketIo(socket), credentials).then(
         () => resolve(),
         (error: unknown) => reject(new NotReady(error instanceof GatewayError ? error.message : 'the VM closed the connection during VNC authentication')),
@@ -188,12 +215,13 @@ const hostHeader = (target: AddressTarget) => `${isIP(target.host) === 6 ? `[${t
 const urlHost = (address: string) => (isIP(address) === 6 ? `[${address}]` : address);
 
 /** GETs each ready path in turn; the first 2xx/3xx wins. Refusals stop at once: no path will answer. */
-async function getReadyPage(address: string, target: AddressTarget, options: ProbeOptions): Promise<void> {
+async function getReadyPage(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const failures: string[] = [];
   for (const p of options.readyPaths) {
     const path = `/${p.replace(/^\/+/, '')}`;
     const status = await step<number>(options, () => `no HTTP answer on ${path} within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
       const req = request({ host: address, port: target.port, path, method: 'GET', headers: { host: hostHeader(target) }, agent: false });
+      req.once('socket', (socket: Socket) => socket.once('connect', () => options.reached('http')));
       req.on('response', (res: IncomingMessage) => {
         res.resume();
         resolve(res.statusCode ?? 0);
@@ -211,7 +239,7 @@ async function getReadyPage(address: string, target: AddressTarget, options: Pro
 }
 
 /** Opens the target's WebSocket (subprotocol `binary`) and waits for the RFB banner as data. */
-function readWebSocketBanner(address: string, target: AddressTarget, options: ProbeOptions): Promise<void> {
+function readWebSocketBanner(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const raw = target.path ?? '/';
   const path = raw.startsWith('/') ? raw : `/${raw}`;
   return step<void>(options, () => `no RFB banner over the WebSocket within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
@@ -224,6 +252,7 @@ function readWebSocketBanner(address: string, target: AddressTarget, options: Pr
       maxPayload: 64 * 1024,
     });
     let received = Buffer.alloc(0);
+    ws.once('open', () => options.reached('banner'));
     ws.on('unexpected-response', (req, res) => {
       res.resume();
       req.destroy();

@@ -20,8 +20,11 @@ const USAGE = `usage: console-gateway <command>
   serve                               HTTP + WebSocket gateway (with the readiness gate)
   gate                                the readiness gate alone (sidecar)
   migrate                             bring the database schema to the latest version
-  session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]] [--password-file F | --password-stdin]
-  session target ID --host H --port P [--path P] [--password-file F | --password-stdin]
+  session create --protocol vnc|websockify [--id UUID] [--owner ID] [TARGET]
+  session target ID TARGET
+      TARGET: --host H --port P [--path P] [--no-web-root]   (--no-web-root: websockify, no noVNC pages)
+          or: --socket /abs/path                            (vnc on a unix socket)
+      and for vnc: [--password-file F | --password-stdin]    (stored VNC credentials)
   session stop ID
   ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
@@ -34,17 +37,27 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<{ host: string; port: number; path?: string } | undefined> {
-  const { host, port, path } = values as { host?: string; port?: string; path?: string };
+async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<Record<string, unknown> | undefined> {
+  const { host, port, path, socket } = values as { host?: string; port?: string; path?: string; socket?: string };
+  const webRoot = values['no-web-root'] === true ? { webRoot: false } : {};
+  if (socket !== undefined) {
+    if (host !== undefined || port !== undefined || path !== undefined) throw new UsageError('--socket stands alone: no --host, --port or --path');
+    return { socket, ...webRoot, ...(await credentialsFrom(values)) };
+  }
   if (host === undefined && port === undefined) {
-    if (required) throw new UsageError('--host and --port are required');
+    if (required) throw new UsageError('--host and --port (or --socket) are required');
     if (values['password-file'] !== undefined || values['password-stdin']) throw new UsageError('a password goes with --host and --port');
+    if (values['no-web-root'] === true) throw new UsageError('--no-web-root needs --host and --port');
     return undefined;
   }
   if (host === undefined || port === undefined) throw new UsageError('--host and --port go together');
   if (!/^\d+$/.test(port)) throw new UsageError('--port must be a number');
+  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...webRoot, ...(await credentialsFrom(values)) };
+}
+
+async function credentialsFrom(values: Record<string, unknown>): Promise<{ credentials?: { password: string } }> {
   const password = await passwordFrom(values);
-  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...(password !== undefined ? { credentials: { password } } : {}) };
+  return password !== undefined ? { credentials: { password } } : {};
 }
 
 /** The VNC password from a file or stdin, never from argv (where `ps` and shell history see it). */
@@ -92,6 +105,8 @@ async function main(argv: string[]): Promise<number> {
     host: { type: 'string' },
     port: { type: 'string' },
     path: { type: 'string' },
+    socket: { type: 'string' },
+    'no-web-root': { type: 'boolean' },
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
     exclusive: { type: 'boolean' },

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { CLI, runCli, startServeProcess } from './helpers/cli.js';
 import { openConsole } from './helpers/gateway.js';
+import { createTestDatabase } from './helpers/postgres.js';
 
 const SECRET = 'cli-test-secret-that-is-at-least-32-bytes';
 let dataDir: string;
@@ -39,6 +40,27 @@ describe('console-gateway commands', () => {
     const stopped = await runCli(['session', 'stop', session.id], env);
     expect(json(stopped.stdout)).toMatchObject({ status: 'stopped' });
   });
+
+  it('commits a websockify target without a web root, and a vnc target on a unix socket', async () => {
+    // On PostgreSQL: five commands, each opening the embedded database, would take minutes on CI.
+    const database = await createTestDatabase();
+    const env = { TICKET_SECRET: SECRET, DATABASE_URL: database.url };
+    const ws = await runCli(['session', 'create', '--protocol', 'websockify', '--host', '10.0.0.6', '--port', '5700', '--path', '/', '--no-web-root'], env);
+    expect(json(ws.stdout)).toMatchObject({ status: 'provisioning', target: { host: '10.0.0.6', port: 5700, path: '/', webRoot: false } });
+
+    const withDirs = { ...env, TARGET_ALLOWED_SOCKET_DIRS: '/run/cg-test-vms' };
+    const vnc = json((await runCli(['session', 'create', '--protocol', 'vnc'], withDirs)).stdout);
+    const onSocket = await runCli(['session', 'target', vnc.id, '--socket', '/run/cg-test-vms/vm-1/vnc.sock'], withDirs);
+    expect(json(onSocket.stdout)).toMatchObject({ status: 'provisioning', target: { socket: '/run/cg-test-vms/vm-1/vnc.sock' } });
+
+    const disabled = await runCli(['session', 'target', vnc.id, '--socket', '/run/cg-test-vms/vm-1/vnc.sock'], env);
+    expect(disabled.code).toBe(1);
+    expect(oneLine(disabled.stderr)).toBe('console-gateway: unix-socket targets are disabled: TARGET_ALLOWED_SOCKET_DIRS is empty');
+    const mixed = await runCli(['session', 'target', vnc.id, '--socket', '/run/x.sock', '--port', '5900'], withDirs);
+    expect(mixed.code).toBe(2);
+    expect(oneLine(mixed.stderr)).toBe('console-gateway: --socket stands alone: no --host, --port or --path');
+    await database.drop();
+  }, 60_000);
 
   it('leases pool ports, renews a held lease and exits 3 when the pool is exhausted', { timeout: 240_000 }, async () => {
     // Each command opens the embedded database itself: seconds apiece on a busy machine.

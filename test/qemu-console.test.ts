@@ -204,6 +204,7 @@ describe('readiness of a WebSocket target without a web root', () => {
   const probe = (webRoot: boolean, readyPaths: string[]) =>
     probeSession({ host: '127.0.0.1', port: vm.websocketPort!, path: '/', webRoot }, 'websockify', {
       allowed: loadConfig({ ...TEST_ENV, ...env }).targetAllowedCidrs,
+      socketDirs: [],
       readyPaths,
       attemptTimeoutMs: 3_000,
     });

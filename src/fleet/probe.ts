@@ -32,8 +32,8 @@ export type ProbeResult =
 
 export interface ProbeOptions {
   allowed: CidrList;
-  /** TARGET_ALLOWED_SOCKET_DIRS; none (the default) refuses unix-socket targets. */
-  socketDirs?: readonly string[];
+  /** TARGET_ALLOWED_SOCKET_DIRS; [] refuses unix-socket targets. Required, so no caller forgets it. */
+  socketDirs: readonly string[];
   /** Pages of which one must answer 2xx/3xx before the WebSocket step; [] skips the HTTP step. */
   readyPaths: readonly string[];
   /** Budget of each network step (connect + banner, one HTTP GET, the WebSocket handshake + banner). */
@@ -74,7 +74,7 @@ export async function probeSession(target: Target, protocol: Protocol, options: 
   const attempt: Attempt = { ...options, reached: (k) => (kind = k) };
   try {
     options.signal?.throwIfAborted();
-    const rules = { cidrs: options.allowed, socketDirs: options.socketDirs ?? [], ...(options.resolve ? { resolve: options.resolve } : {}) };
+    const rules = { cidrs: options.allowed, socketDirs: options.socketDirs, ...(options.resolve ? { resolve: options.resolve } : {}) };
     const endpoint = await checkTarget(target, rules);
     if (protocol === 'vnc') {
       const stored = options.credentials;

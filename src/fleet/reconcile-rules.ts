@@ -252,6 +252,7 @@ export function probeForReconciler(config: Config, attemptTimeoutMs = 3_000) {
   return (row: SessionRow): Promise<ProbeResult> =>
     probeSession(targetOf(row)!, row.protocol, {
       allowed: config.targetAllowedCidrs,
+      socketDirs: config.targetAllowedSocketDirs,
       readyPaths: config.readyPaths,
       attemptTimeoutMs,
       ...storedCredentials(row, config),

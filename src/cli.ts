@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The one executable, `console-gateway <command>`. Every command prints JSON on success and exits
-// non-zero with one clear line on bad input or an unreachable database.
+// The one executable, `console-gateway <command>`. Every command but `demo` (which prints a console
+// link for a person) prints JSON on success; bad arguments exit 2 with one clear line, other
+// failures (bad input, an unreachable database) exit non-zero with one.
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -110,20 +111,24 @@ async function main(argv: string[]): Promise<number> {
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
     exclusive: { type: 'boolean' },
-    once: { type: 'boolean' },
     'password-file': { type: 'string' },
     'password-stdin': { type: 'boolean' },
   } as const;
-  const parse = (args: string[]) => {
+  // Each command takes only its own options: anything else is refused, never silently ignored.
+  const parse = (args: string[], allowed: readonly (keyof typeof options)[], positionals = true) => {
+    const own = Object.fromEntries(allowed.map((name) => [name, options[name]])) as typeof options;
     try {
-      return parseArgs({ args, options, allowPositionals: true, strict: true });
+      return parseArgs({ args, options: own, allowPositionals: positionals, strict: true });
     } catch (error) {
-      throw new UsageError((error as Error).message);
+      const label = (command === 'session' || command === 'ports') && sub !== undefined ? `${command} ${sub}` : command;
+      throw new UsageError(usageProblem(label, error as NodeJS.ErrnoException));
     }
   };
+  const target = ['host', 'port', 'path', 'password-file', 'password-stdin'] as const;
 
   switch (command) {
     case 'serve': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig(process.env, { tickets: true });
       const log = createLogger(config.logLevel);
       const running = await startServe(config, log);
@@ -132,6 +137,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'gate': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig();
       const gate = await startGateOnly(config, createLogger(config.logLevel));
       await untilSignal();
@@ -140,7 +146,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'diagnose': {
       const config = loadConfig();
-      const id = parse([sub ?? '', ...rest].filter((a) => a !== '')).positionals;
+      const id = parse(argv.slice(1), []).positionals;
       if (id.length !== 1) throw new UsageError('diagnose takes one session ID');
       const log = createLogger('silent');
       const store = await openDatabase(config, log);
@@ -154,10 +160,12 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     case 'demo': {
+      parse(argv.slice(1), [], false);
       await runDemo(process.env, (url) => process.stdout.write(`\nOpen the console: ${url}\n`), waitForEnter, untilSignal);
       return 0;
     }
     case 'migrate': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig();
       const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log: createLogger('silent') });
       try {
@@ -169,7 +177,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'session': {
-      const { values, positionals } = parse(rest);
+      const allowed = sub === 'create' ? (['protocol', 'id', 'owner', ...target] as const) : sub === 'target' ? target : [];
+      const { values, positionals } = parse(rest, allowed);
       const config = loadConfig(process.env, { tickets: false });
       if (sub === 'create') {
         if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
@@ -201,7 +210,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(`unknown session command: ${sub ?? '(none)'}`);
     }
     case 'ticket': {
-      const { values, positionals } = parse([sub ?? '', ...rest].filter((a) => a !== ''));
+      const { values, positionals } = parse(argv.slice(1), ['ttl', 'view-only', 'exclusive']);
       const config = loadConfig(process.env, { tickets: true });
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
@@ -212,7 +221,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'ports': {
-      const { positionals } = parse(rest);
+      const { positionals } = parse(rest, []);
       const config = loadConfig();
       const usage = 'ports status | ports list | ports allocate ID | ports release ID';
       if (!(((sub === 'status' || sub === 'list') && positionals.length === 0) || ((sub === 'allocate' || sub === 'release') && positionals.length === 1))) {
@@ -233,6 +242,14 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown command: ${command}`);
   }
+}
+
+/** One line naming what was wrong in a command's arguments. */
+function usageProblem(command: string | undefined, error: NodeJS.ErrnoException): string {
+  const quoted = /'([^']+)'/.exec(error.message)?.[1];
+  if (error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `${command} does not take the option ${quoted ?? ''}`.trim();
+  if (error.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return `${command} takes no arguments, got "${quoted ?? ''}"`;
+  return error.message.split('.')[0]!;
 }
 
 function untilSignal(): Promise<void> {

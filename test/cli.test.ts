@@ -93,7 +93,7 @@ describe('console-gateway commands', () => {
       [['session', 'target', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--host', '127.0.0.1', '--port', '5900'], env, /outside TARGET_ALLOWED_CIDRS/],
       [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], env, /unknown console session/],
       [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], { DATA_DIR: dataDir }, /TICKET_SECRET/],
-      [['session', 'create', '--protocol', 'vnc', '--bogus'], env, /Unknown option '--bogus'/],
+      [['session', 'create', '--protocol', 'vnc', '--bogus'], env, /^console-gateway: session create does not take the option --bogus$/],
       [['frobnicate'], env, /unknown command: frobnicate/],
       [['serve'], { ...env, PORT: 'x', TICKET_SECRET: 'short' }, /PORT must be an integer.*TICKET_SECRET must be at least 32 bytes/],
       [['session', 'create', '--protocol', 'vnc'], { ...env, DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/none' }, /database unreachable: connection refused/],
@@ -106,6 +106,28 @@ describe('console-gateway commands', () => {
       expect(result.stderr).not.toMatch(/\n\s+at /); // no stack traces
       expect(result.stderr).not.toContain(SECRET);
     }
+  });
+
+  it('refuses options and arguments a command does not take with one line and exit 2, --once included', { timeout: 120_000 }, async () => {
+    const cases: [string[], string][] = [
+      [['serve', '--once'], 'serve does not take the option --once'],
+      [['gate', '--once'], 'gate does not take the option --once'],
+      [['migrate', '--once'], 'migrate does not take the option --once'],
+      [['demo', '--once'], 'demo does not take the option --once'],
+      [['migrate', 'now'], 'migrate takes no arguments, got "now"'],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--once'], 'ticket does not take the option --once'],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--protocol', 'vnc'], 'ticket does not take the option --protocol'],
+      [['session', 'stop', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--host', '10.0.0.1'], 'session stop does not take the option --host'],
+      [['ports', 'status', '--once'], 'ports status does not take the option --once'],
+      [['diagnose', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--once'], 'diagnose does not take the option --once'],
+    ];
+    // In parallel: each is refused before any database or listener is opened.
+    const results = await Promise.all(cases.map(([args]) => runCli(args, env, 110_000)));
+    results.forEach((result, i) => {
+      const [args, line] = cases[i]!;
+      expect({ args, code: result.code, line: oneLine(result.stderr) }).toEqual({ args, code: 2, line: `console-gateway: ${line}` });
+      expect(result.stdout).toBe('');
+    });
   });
 
   it('demo prints a console URL whose ticket opens the demo VNC server through the gateway', async () => {

@@ -1,5 +1,5 @@
-// The bounded wait for a session's VM address (seed problem 2: the browser's WebSocket arrives
-// before the backend has committed the VM IP). Woken at once by the database trigger's NOTIFY;
+// The bounded wait for a session's VM address: the browser's WebSocket often arrives before the
+// backend has committed the VM's IP, and must wait for it rather than fail. Woken at once by the database trigger's NOTIFY;
 // polling with backoff covers a lost notification or a LISTEN connection that is reconnecting.
 import type { Kysely } from 'kysely';
 import { GatewayError } from '../errors.js';

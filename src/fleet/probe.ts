@@ -1,4 +1,4 @@
-// One readiness probe attempt against a session's target (seed: noVNC readiness gating). A console
+// One readiness probe attempt against a session's target. A console
 // is ready when it speaks, not when a port is open: `vnc` targets (on TCP or a unix socket) must
 // send the RFB banner (RFC 6143 §7.1.1); `websockify` targets must complete a WebSocket handshake
 // and relay that banner, the decisive check, and before it serve a noVNC page, unless they serve

@@ -63,10 +63,10 @@ export async function startQemu(options: QemuOptions = {}): Promise<Qemu> {
     }
     const failures: string[] = [];
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-      // 30000–32767: clear of websockify's 10000–19999, Xvnc's 20000–29999 (the other helpers), the
-      // gateway's default pool (6100–6999) and Linux's ephemeral range (32768+).
-      const port = options.socket === undefined ? randomInt(30_000, 31_399) : undefined;
-      const websocketPort = options.websocket ? randomInt(31_400, 32_767) : undefined;
+      // 32001–32767: clear of websockify's 10000–19999, Xvnc's 20000–29999, HAProxy's 30000–32000
+      // (the other helpers), the gateway's default pool (6100–6999) and Linux's ephemeral range.
+      const port = options.socket === undefined ? randomInt(32_001, 32_383) : undefined;
+      const websocketPort = options.websocket ? randomInt(32_384, 32_767) : undefined;
       const vnc = [
         options.socket !== undefined ? `unix:${options.socket}` : `127.0.0.1:${port! - 5900}`,
         ...(websocketPort !== undefined ? [`websocket=127.0.0.1:${websocketPort}`] : []),

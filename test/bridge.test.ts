@@ -128,6 +128,18 @@ describe('the byte pump', () => {
     expect(await closesSince(gateway, before)).toEqual({ 4502: 1 });
   });
 
+  it('drops a browser that never answers its close frame after a few seconds, not ws’s 30', async () => {
+    const { ws, vm, id } = await consoleTo();
+    (ws as unknown as { _socket: Socket })._socket.pause(); // reads nothing, so never answers
+    const vmClosed = new Promise((resolve) => vm.on('close', resolve));
+    const started = Date.now();
+    await gateway.api('DELETE', `/api/v1/sessions/${id}`);
+    await vmClosed;
+    await vi.waitFor(() => expect(gateway.running.gateway.consoles.live.size).toBe(0), { timeout: 10_000 });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    ws.terminate();
+  });
+
   it('closes the VM connection when the browser goes away', async () => {
     const { ws, vm } = await consoleTo();
     const vmClosed = new Promise((resolve) => vm.on('close', resolve));

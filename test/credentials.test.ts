@@ -147,9 +147,11 @@ describe('a VM whose VNC password is stored with the target', () => {
   });
 
   it('the readiness gate and diagnose authenticate with them', async () => {
+    // A database of its own: the other gateways here run with gating off and would promote its sessions.
+    const own = await createTestDatabase();
     const gated = await startTestGateway(
       { CREDENTIALS_KEY: KEY, NOVNC_READY_GATING_ENABLED: 'true', NOVNC_READY_POLL_INTERVAL_SECONDS: '0.2', NOVNC_READY_TIMEOUT_SECONDS: '3' },
-      database.url,
+      own.url,
     );
     try {
       const good = (await create(gated, PASSWORD)).body.id;
@@ -159,7 +161,7 @@ describe('a VM whose VNC password is stored with the target', () => {
       await expect.poll(async () => (await status(bad)).status, { timeout: 15_000 }).toBe('failed');
       expect((await status(bad)).failureReason).toContain('the VM refused the stored console credentials');
 
-      const config = loadConfig({ ...TEST_ENV, DATABASE_URL: database.url, CREDENTIALS_KEY: KEY });
+      const config = loadConfig({ ...TEST_ENV, DATABASE_URL: own.url, CREDENTIALS_KEY: KEY });
       const healthy = await diagnose({ db: gated.running.store.db, config }, good);
       expect(healthy.report.probe).toMatchObject({ ok: true });
       const refused = await diagnose({ db: gated.running.store.db, config }, bad);
@@ -168,6 +170,7 @@ describe('a VM whose VNC password is stored with the target', () => {
       expect(gated.rawLogs()).not.toMatch(/k3y-Pass|wrong-pw/);
     } finally {
       await gated.stop();
+      await own.drop();
     }
   }, 40_000);
 

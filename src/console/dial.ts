@@ -2,11 +2,15 @@
 // an abort, and a DIAL_FAILED that says refused or unreachable.
 import { connect, type Socket } from 'node:net';
 import { GatewayError } from '../errors.js';
+import { VmReads, registerReads } from './vm-reads.js';
 
 /** Connects to a checked address; DIAL_FAILED with the reason on refusal or timeout. */
 export function dial(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const vm = connect({ host: address, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    // Reads land in buffers the byte pump reuses (vm-reads.ts); until it takes over they are stream data.
+    const reads = new VmReads();
+    const vm = connect({ host: address, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000, onread: reads.onread });
+    registerReads(vm, reads);
     const timer = setTimeout(() => fail(new GatewayError('DIAL_FAILED', `the VM console port did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
     const aborted = () => fail(signal.reason);
     signal.addEventListener('abort', aborted, { once: true });

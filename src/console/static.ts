@@ -1,11 +1,13 @@
-// Serves the console page (static/) and noVNC (the @novnc/novnc package, ES modules only, so
-// .js goes out as text/javascript). Files only: no directory listings, no path outside a root.
+// Serves the console page: the built bundle (dist/page/, see page-assets.ts) when there is one,
+// else static/ with noVNC (the @novnc/novnc package, ES modules only, so .js goes out as
+// text/javascript) as separate modules. Files only: no directory listings, no path outside a root.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
 import { dirname, extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { IMMUTABLE, loadPageAssets, sendAsset, type PageAssets } from './page-assets.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -42,11 +44,36 @@ export function safeJoin(root: string, urlPath: string): string | undefined {
   return full.startsWith(root + sep) ? full : undefined;
 }
 
+let built: PageAssets | undefined | null = null;
+/** The built page, read once; undefined when dist/page/ is absent (a source checkout before `npm run build`). */
+function builtPage(): PageAssets | undefined {
+  if (built === null) built = loadPageAssets();
+  return built;
+}
+
+/** Answers the built page and its hashed files; false when the path is not theirs. */
+function serveBuilt(req: IncomingMessage, res: ServerResponse, path: string, pageHeaders: Record<string, string>): boolean {
+  const assets = builtPage();
+  if (assets === undefined) return false;
+  const isPage = path === '/console' || path === '/console/';
+  const asset = isPage ? assets.page : path.startsWith('/assets/') ? assets.files.get(path.slice('/assets/'.length)) : undefined;
+  if (!isPage && !path.startsWith('/assets/')) return false;
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('method not allowed\n');
+  } else if (asset === undefined) {
+    res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+  } else {
+    sendAsset(req, res, asset, isPage ? pageHeaders : { 'Cache-Control': IMMUTABLE, 'X-Content-Type-Options': 'nosniff' });
+  }
+  return true;
+}
+
 /**
- * Answers GET/HEAD for /console, /static/* and /novnc/*; returns false when the path is not ours.
- * `pageHeaders` go with the console page itself (page-policy.ts).
+ * Answers GET/HEAD for /console, /assets/*, /static/* and /novnc/*; returns false when the path is
+ * not ours. `pageHeaders` go with the console page itself (page-policy.ts).
  */
 export async function serveStatic(req: IncomingMessage, res: ServerResponse, path: string, pageHeaders: Record<string, string>): Promise<boolean> {
+  if (serveBuilt(req, res, path, pageHeaders)) return true;
   let file: string | undefined;
   let headers: Record<string, string>;
   if (path === '/console' || path === '/console/') {

@@ -8,7 +8,7 @@ import { SignJWT, createLocalJWKSet, errors, jwtVerify, type CryptoKey, type JWT
 import type { Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
 import { GatewayError } from '../errors.js';
-import { consumeTicket } from '../db/tickets.js';
+import { TicketBatcher } from '../db/ticket-batcher.js';
 import { isUuid } from '../db/sessions.js';
 import type { Database, SessionRow } from '../db/schema.js';
 
@@ -58,11 +58,13 @@ export class Tickets {
   private readonly jwks: JWTVerifyGetKey | undefined;
   // jti → true for tickets this process consumed or saw refused as used; entries die with the ticket.
   private readonly seen = new LRUCache<string, true>({ max: 100_000, ttlAutopurge: false });
+  private readonly batcher: TicketBatcher;
 
   constructor(
     private readonly options: TicketOptions,
-    private readonly db: Kysely<Database>,
+    db: Kysely<Database>,
   ) {
+    this.batcher = new TicketBatcher(db);
     this.algorithms = [...(options.secret ? ['HS256'] : []), ...(options.jwks ? ASYMMETRIC : [])];
     this.jwks = options.jwks ? createLocalJWKSet(options.jwks as Parameters<typeof createLocalJWKSet>[0]) : undefined;
   }
@@ -112,7 +114,7 @@ export class Tickets {
   async consume(claims: TicketClaims): Promise<SessionRow | undefined> {
     if (this.seen.has(claims.jti)) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     const ttl = Math.max(1, claims.expiresAt.getTime() - Date.now() + 60_000);
-    const { won, session } = await consumeTicket(this.db, claims.jti, claims.sessionId, claims.expiresAt);
+    const { won, session } = await this.batcher.consume(claims);
     this.seen.set(claims.jti, true, { ttl });
     if (!won) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     return session;

@@ -7,6 +7,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { PGliteDialect } from './pglite-dialect.js';
+import { initdbInChild, isInitialised } from './pglite-initdb.js';
 import { SessionEvents } from './events.js';
 import { CONTROL_CHANNEL, SESSION_CHANNEL, type Database } from './schema.js';
 
@@ -17,7 +18,18 @@ export interface Store {
   readonly events: SessionEvents;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /** True while the LISTEN connection is up, false while it is re-established; undefined without one (no `listen`, embedded). */
+  listenUp(): boolean | undefined;
+  /** The connection pool's counts (PostgreSQL only). */
+  poolStats(): PoolStats | undefined;
   close(): Promise<void>;
+}
+
+export interface PoolStats {
+  total: number;
+  idle: number;
+  /** Queries queued for a free connection. */
+  waiting: number;
 }
 
 export interface StoreOptions {
@@ -35,6 +47,10 @@ const QUERY_TIMEOUT_MS = 15_000;
 const LISTEN_BACKOFF_MIN_MS = 250;
 const LISTEN_BACKOFF_MAX_MS = 10_000;
 const LISTEN_HEALTH_INTERVAL_MS = 15_000;
+
+// The embedded database holds a few small tables; PostgreSQL's default 128 MB of shared buffers
+// would only make the process bigger (the OS page cache keeps the files warm anyway).
+const EMBEDDED_SETTINGS = ['-c', 'shared_buffers=2MB', '-c', 'temp_buffers=1MB', '-c', 'work_mem=1MB'];
 
 /** Opens the configured database; throws a one-line error when it cannot be reached. */
 export async function openStore(options: StoreOptions): Promise<Store> {
@@ -62,6 +78,8 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
   const store: Store = {
     db,
     kind: 'postgres',
+    listenUp: () => (listen ? listening.up : undefined),
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     events,
     ping: async () => void (await sql`select 1`.execute(db)),
     close: async () => {
@@ -70,21 +88,31 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
     },
   };
   const stopListening = new AbortController();
+  const listening = { up: false };
   try {
     await store.ping();
   } catch (error) {
     await db.destroy().catch(() => {});
     throw new Error(`database unreachable: ${describeDbError(error)}`, { cause: error });
   }
-  if (listen) void listenForever(connection, events, log, stopListening.signal);
+  if (listen) void listenForever({ connection, events, log, signal: stopListening.signal, state: listening });
   return store;
+}
+
+interface ListenOptions {
+  connection: pg.ClientConfig;
+  events: SessionEvents;
+  log: Logger;
+  signal: AbortSignal;
+  /** `up` while LISTEN is in place, for /readyz and console_gateway_db_listen_up. */
+  state: { up: boolean };
 }
 
 /**
  * Holds one LISTEN connection, re-established with capped exponential backoff whenever it drops;
  * each (re)connect emits 'resync' so waiters re-read state they might have missed.
  */
-async function listenForever(connection: pg.ClientConfig, events: SessionEvents, log: Logger, signal: AbortSignal): Promise<void> {
+async function listenForever({ connection, events, log, signal, state }: ListenOptions): Promise<void> {
   let backoff = LISTEN_BACKOFF_MIN_MS;
   while (!signal.aborted) {
     const client = new pg.Client(connection);
@@ -101,15 +129,18 @@ async function listenForever(connection: pg.ClientConfig, events: SessionEvents,
       await client.connect();
       await client.query(`listen ${SESSION_CHANNEL}; listen ${CONTROL_CHANNEL}`);
       backoff = LISTEN_BACKOFF_MIN_MS;
+      state.up = true;
       events.emit('resync');
       // A silently dead TCP connection delivers no notifications and no error: probe it.
       health = setInterval(() => client.query('select 1').catch((error) => client.emit('error', error)), LISTEN_HEALTH_INTERVAL_MS);
       health.unref();
       const error = await ended;
+      state.up = false;
       if (error !== undefined && !signal.aborted) log.warn({ err: error }, 'database LISTEN connection lost; reconnecting');
     } catch (error) {
       if (!signal.aborted) log.warn({ err: error, retryInMs: backoff }, 'database LISTEN connection failed; retrying');
     } finally {
+      state.up = false;
       clearInterval(health);
       client.removeAllListeners('notification');
       await client.end().catch(() => {});
@@ -128,7 +159,8 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   const { PGlite } = await import('@electric-sql/pglite');
   let pglite;
   try {
-    pglite = await PGlite.create(pgDir);
+    if (!(await isInitialised(pgDir))) await initdbInChild(pgDir);
+    pglite = await PGlite.create(pgDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
   } catch (error) {
     await unlock();
     throw new Error(`embedded database under ${dir} could not be opened: ${(error as Error).message}`, { cause: error });
@@ -143,6 +175,9 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   return {
     db,
     kind: 'embedded',
+    // PGlite's notifications come from inside this process: there is no LISTEN connection to lose.
+    listenUp: () => undefined,
+    poolStats: () => undefined,
     events,
     ping: async () => void (await sql`select 1`.execute(db)),
     close: async () => {

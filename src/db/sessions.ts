@@ -11,7 +11,7 @@ export interface Target {
   path: string | null;
 }
 
-/** A session as the API and CLI answer it (DESIGN.md "Sessions"). */
+/** A session as the API and CLI answer it (README "HTTP surface"). */
 export interface SessionView {
   id: string;
   status: SessionStatus;
@@ -156,4 +156,20 @@ export async function setTargetCredentials(db: Kysely<Database>, id: string, sea
   const row = await db.updateTable('console_sessions').set({ target_credentials: sealed }).where('id', '=', id).returningAll().executeTakeFirst();
   if (row === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
   return row;
+}
+
+/**
+ * Provisioning → ready for every session with a committed target (readiness gating disabled).
+ * Conditioned on the status, so of several replicas racing only one promotes a session.
+ */
+export async function promoteProvisioning(db: Kysely<Database>): Promise<string[]> {
+  const rows = await db
+    .updateTable('console_sessions')
+    .set({ status: 'ready', probe_owner: null, probe_lease_until: null })
+    .where('status', '=', 'provisioning')
+    .where('target_host', 'is not', null)
+    .where('target_port', 'is not', null)
+    .returning('id')
+    .execute();
+  return rows.map((r) => r.id);
 }

@@ -3,28 +3,41 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database, SessionRow } from './schema.js';
 
+export interface Presentation {
+  jti: string;
+  sessionId: string;
+  expiresAt: Date;
+}
+
+export interface Consumption {
+  /** True when this presentation consumed the ticket; false when any process consumed it before. */
+  won: boolean;
+  /** The ticket's session as it is now, or undefined for an unknown session. */
+  session: SessionRow | undefined;
+}
+
 /**
- * Consumes the ticket and reads its session in one round trip (the connect path's hot spot).
- * `won` is true when this call consumed the ticket, false when any process consumed it before;
- * `session` is the row as it is now, or undefined for an unknown session.
+ * Consumes a batch of tickets and reads their sessions in one statement (the connect path's hot
+ * spot; see ticket-batcher.ts). Each jti must appear once in `batch`. Answers in `batch` order.
  */
-export async function consumeTicket(
-  db: Kysely<Database>,
-  jti: string,
-  sessionId: string,
-  expiresAt: Date,
-): Promise<{ won: boolean; session: SessionRow | undefined }> {
-  const { rows } = await sql<SessionRow & { won: boolean }>`
-    with consumed as (
+export async function consumeTickets(db: Kysely<Database>, batch: readonly Presentation[]): Promise<Consumption[]> {
+  const input = JSON.stringify(batch.map((p, i) => ({ i, jti: p.jti, session_id: p.sessionId, expires_at: p.expiresAt })));
+  const { rows } = await sql<SessionRow & { i: number; won: boolean }>`
+    with input as (
+      select * from json_to_recordset(${input}::json) as t(i int, jti text, session_id uuid, expires_at timestamptz)
+    ), consumed as (
       insert into consumed_tickets (jti, session_id, expires_at)
-      values (${jti}, ${sessionId}::uuid, ${expiresAt})
+      select jti, session_id, expires_at from input
       on conflict (jti) do nothing
       returning jti
     )
-    select exists (select 1 from consumed) as won, s.*
-    from (select 1) as one left join console_sessions s on s.id = ${sessionId}::uuid`.execute(db);
-  const { won, ...session } = rows[0]!;
-  return { won, session: session.id === null ? undefined : (session as SessionRow) };
+    select input.i, consumed.jti is not null as won, s.*
+    from input
+    left join consumed on consumed.jti = input.jti
+    left join console_sessions s on s.id = input.session_id`.execute(db);
+  const out = new Array<Consumption>(batch.length);
+  for (const { i, won, ...session } of rows) out[i] = { won, session: session.id === null ? undefined : (session as SessionRow) };
+  return out;
 }
 
 /**

@@ -1,4 +1,4 @@
-// The readiness gate (seed problem 1: consoles marked READY before VNC was reachable). Every
+// The readiness gate, so a console is never marked ready before its VNC server answers. Every
 // `provisioning` session is probed until it speaks or its deadline passes: success → `ready` (the
 // NOTIFY trigger wakes waiting upgrades), timeout → `failed` with a one-line reason, diagnostics
 // from the runtime hook, a best-effort teardown and its port released. Any number of gate
@@ -18,6 +18,7 @@ import { markReady, targetOf, type Target } from '../db/sessions.js';
 import type { Metrics } from '../ops/metrics.js';
 import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
+import { startPromoter } from './promote.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
 
 export interface GateDeps {
@@ -54,13 +55,10 @@ interface Attempt {
   elapsedMs: number;
 }
 
-/** Starts the gate; with NOVNC_READY_GATING_ENABLED=false it does nothing (targets are ready when committed). */
+/** Starts the gate; with NOVNC_READY_GATING_ENABLED=false it only promotes committed targets to ready. */
 export function startGate(deps: GateDeps): Gate {
   const { db, events, config } = deps;
-  if (!config.readyGatingEnabled) {
-    deps.log.child({ component: 'gate' }).info('readiness gating disabled (NOVNC_READY_GATING_ENABLED=false): committed targets are connectable at once');
-    return { stop: async () => {} };
-  }
+  if (!config.readyGatingEnabled) return startPromoter(deps);
   const timings = { ...DEFAULT_TIMINGS, ...deps.timings };
   const owner = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const log = deps.log.child({ component: 'gate', gate: owner });
@@ -170,6 +168,8 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     if (signal.aborted) return;
     attempts++;
     metrics?.probes.labels(last.ok ? 'ok' : 'failed').inc();
+    metrics?.probeSeconds.observe({ result: last.ok ? 'ok' : 'failed' }, last.elapsedMs / 1000);
+    if (!last.ok) metrics?.probeFailures.inc({ kind: last.kind });
     history.push({ at: new Date().toISOString(), ok: last.ok, ...(last.ok ? {} : { reason: last.reason }), elapsedMs: last.elapsedMs });
     if (history.length > HISTORY) history.shift();
 

@@ -15,8 +15,17 @@ import type { SessionRow } from '../db/schema.js';
 import { authenticateVm } from '../console/rfb-auth.js';
 import { socketIo } from '../console/rfb-io.js';
 
+/**
+ * Where a failed probe stopped, for console_gateway_probe_failures_total{kind}: the TCP connection
+ * (or name resolution), the RFB banner or handshake, the HTTP ready page, the WebSocket handshake,
+ * or a target outside TARGET_ALLOWED_CIDRS.
+ */
+export type ProbeFailureKind = 'tcp' | 'banner' | 'http' | 'websocket' | 'outside_cidrs';
+
 /** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
-export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };
+export type ProbeResult =
+  | { ok: true; elapsedMs: number }
+  | { ok: false; reason: string; kind: ProbeFailureKind; elapsedMs: number; forbidden?: true };
 
 export interface ProbeTarget {
   host: string;
@@ -52,25 +61,39 @@ const BANNER_BYTES = 12;
 /** A failed step: its message is the probe's one-line reason. */
 class NotReady extends Error {}
 
+/** The options of one attempt: each step reports how far it got, which names a failure's kind. */
+interface Attempt extends ProbeOptions {
+  reached(kind: ProbeFailureKind): void;
+}
+
 /** Probes `target` once. Never throws: a forbidden or unresolvable target is a failed probe. */
 export async function probeSession(target: ProbeTarget, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
   const started = performance.now();
   const elapsed = () => Math.round(performance.now() - started);
+  let kind: ProbeFailureKind = 'tcp';
+  const attempt: Attempt = { ...options, reached: (k) => (kind = k) };
   try {
     options.signal?.throwIfAborted();
     const address = await resolveTarget(target.host, options.allowed, options.resolve);
     if (protocol === 'vnc') {
       const stored = options.credentials;
       const credentials = stored === undefined ? undefined : openCredentials(stored.key, stored.sessionId, stored.sealed);
-      await (credentials === undefined ? readTcpBanner(address, target.port, options) : authenticateTcp(address, target.port, credentials, options));
+      await (credentials === undefined ? readTcpBanner(address, target.port, attempt) : authenticateTcp(address, target.port, credentials, attempt));
     } else {
-      await getReadyPage(address, target, options);
-      await readWebSocketBanner(address, target, options);
+      await getReadyPage(address, target, attempt);
+      attempt.reached('websocket');
+      await readWebSocketBanner(address, target, attempt);
     }
     return { ok: true, elapsedMs: elapsed() };
   } catch (error) {
     const forbidden = error instanceof GatewayError && error.code === 'TARGET_FORBIDDEN';
-    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed(), ...(forbidden ? { forbidden: true as const } : {}) };
+    return {
+      ok: false,
+      reason: reasonOf(error),
+      kind: forbidden ? 'outside_cidrs' : kind,
+      elapsedMs: elapsed(),
+      ...(forbidden ? { forbidden: true as const } : {}),
+    };
   }
 }
 
@@ -132,7 +155,7 @@ function step<T>(
   });
 }
 
-function readTcpBanner(address: string, port: number, options: ProbeOptions): Promise<void> {
+function readTcpBanner(address: string, port: number, options: Attempt): Promise<void> {
   let connected = false;
   const budget = seconds(options.attemptTimeoutMs);
   const timeout = () => (connected ? `no RFB banner within ${budget}` : `TCP connect timed out after ${budget}`);
@@ -140,7 +163,11 @@ function readTcpBanner(address: string, port: number, options: ProbeOptions): Pr
     const socket: Socket = connect({ host: address, port });
     let received = Buffer.alloc(0);
     socket.setNoDelay(true);
-    socket.once('connect', () => (connected = true));
+    socket.once('connect', () => {
+      connected = true;
+      options.reached('banner');
+      options.reached('banner');
+    });
     socket.on('error', (error: NodeJS.ErrnoException) =>
       reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
     );
@@ -157,7 +184,7 @@ function readTcpBanner(address: string, port: number, options: ProbeOptions): Pr
 }
 
 /** Connects and runs VNC authentication with the stored credentials, as the console path will. */
-function authenticateTcp(address: string, port: number, credentials: Credentials, options: ProbeOptions): Promise<void> {
+function authenticateTcp(address: string, port: number, credentials: Credentials, options: Attempt): Promise<void> {
   let connected = false;
   const budget = seconds(options.attemptTimeoutMs);
   const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `TCP connect timed out after ${budget}`);
@@ -182,12 +209,13 @@ const hostHeader = (target: ProbeTarget) => `${isIP(target.host) === 6 ? `[${tar
 const urlHost = (address: string) => (isIP(address) === 6 ? `[${address}]` : address);
 
 /** GETs each ready path in turn; the first 2xx/3xx wins. Refusals stop at once: no path will answer. */
-async function getReadyPage(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+async function getReadyPage(address: string, target: ProbeTarget, options: Attempt): Promise<void> {
   const failures: string[] = [];
   for (const p of options.readyPaths) {
     const path = `/${p.replace(/^\/+/, '')}`;
     const status = await step<number>(options, () => `no HTTP answer on ${path} within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
       const req = request({ host: address, port: target.port, path, method: 'GET', headers: { host: hostHeader(target) }, agent: false });
+      req.once('socket', (socket: Socket) => socket.once('connect', () => options.reached('http')));
       req.on('response', (res: IncomingMessage) => {
         res.resume();
         resolve(res.statusCode ?? 0);
@@ -205,7 +233,7 @@ async function getReadyPage(address: string, target: ProbeTarget, options: Probe
 }
 
 /** Opens the target's WebSocket (subprotocol `binary`) and waits for the RFB banner as data. */
-function readWebSocketBanner(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+function readWebSocketBanner(address: string, target: ProbeTarget, options: Attempt): Promise<void> {
   const raw = target.path ?? '/';
   const path = raw.startsWith('/') ? raw : `/${raw}`;
   return step<void>(options, () => `no RFB banner over the WebSocket within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
@@ -218,6 +246,7 @@ function readWebSocketBanner(address: string, target: ProbeTarget, options: Prob
       maxPayload: 64 * 1024,
     });
     let received = Buffer.alloc(0);
+    ws.once('open', () => options.reached('banner'));
     ws.on('unexpected-response', (req, res) => {
       res.resume();
       req.destroy();

@@ -4,13 +4,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { WebSocket } from 'ws';
 import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 let gateway: TestGateway;
+let database: TestDatabase;
 let vmServer: Server;
 let nextVm: (socket: Socket) => void = () => {};
 
 beforeAll(async () => {
-  gateway = await startTestGateway();
+  // PostgreSQL: starts in a second where the embedded database can take a minute on a busy machine.
+  database = await createTestDatabase();
+  gateway = await startTestGateway({}, database.url);
   vmServer = createServer((socket) => {
     socket.on('error', () => {});
     nextVm(socket);
@@ -24,6 +28,7 @@ afterEach(async () => {
 afterAll(async () => {
   await gateway?.stop();
   await new Promise((resolve) => vmServer.close(resolve));
+  await database?.drop();
 });
 
 async function consoleTo(): Promise<{ ws: WebSocket; vm: Socket; id: string }> {

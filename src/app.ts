@@ -1,5 +1,5 @@
-// The composition root: turns a Config into running parts (store, tickets, metrics, gateway, gate,
-// reconciler), each handed its dependencies as arguments, and stops them in reverse order.
+// The composition root: turns a Config into running parts (store, tickets, metrics, gateway, gate),
+// each handed its dependencies as arguments, and stops them in reverse order.
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { migrateToLatest } from './db/migrations.js';

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The one executable, `console-gateway <command>`. Every command prints JSON on success and exits
-// non-zero with one clear line on bad input or an unreachable database.
+// The one executable, `console-gateway <command>`. Every command but `demo` (which prints a console
+// link for a person) prints JSON on success; bad arguments exit 2 with one clear line, other
+// failures (bad input, an unreachable database) exit non-zero with one.
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -20,8 +21,11 @@ const USAGE = `usage: console-gateway <command>
   serve                               HTTP + WebSocket gateway (with the readiness gate)
   gate                                the readiness gate alone (sidecar)
   migrate                             bring the database schema to the latest version
-  session create --protocol vnc|websockify [--id UUID] [--owner ID] [--host H --port P [--path P]] [--password-file F | --password-stdin]
-  session target ID --host H --port P [--path P] [--password-file F | --password-stdin]
+  session create --protocol vnc|websockify [--id UUID] [--owner ID] [TARGET]
+  session target ID TARGET
+      TARGET: --host H --port P [--path P] [--no-web-root]   (--no-web-root: websockify, no noVNC pages)
+          or: --socket /abs/path                            (vnc on a unix socket)
+      and for vnc: [--password-file F | --password-stdin]    (stored VNC credentials)
   session stop ID
   ticket ID [--ttl SECONDS] [--view-only | --exclusive]
   diagnose ID                         admin diagnostics; exit 0 when healthy
@@ -34,17 +38,27 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<{ host: string; port: number; path?: string } | undefined> {
-  const { host, port, path } = values as { host?: string; port?: string; path?: string };
+async function targetFrom(values: Record<string, unknown>, required: boolean): Promise<Record<string, unknown> | undefined> {
+  const { host, port, path, socket } = values as { host?: string; port?: string; path?: string; socket?: string };
+  const webRoot = values['no-web-root'] === true ? { webRoot: false } : {};
+  if (socket !== undefined) {
+    if (host !== undefined || port !== undefined || path !== undefined) throw new UsageError('--socket stands alone: no --host, --port or --path');
+    return { socket, ...webRoot, ...(await credentialsFrom(values)) };
+  }
   if (host === undefined && port === undefined) {
-    if (required) throw new UsageError('--host and --port are required');
+    if (required) throw new UsageError('--host and --port (or --socket) are required');
     if (values['password-file'] !== undefined || values['password-stdin']) throw new UsageError('a password goes with --host and --port');
+    if (values['no-web-root'] === true) throw new UsageError('--no-web-root needs --host and --port');
     return undefined;
   }
   if (host === undefined || port === undefined) throw new UsageError('--host and --port go together');
   if (!/^\d+$/.test(port)) throw new UsageError('--port must be a number');
+  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...webRoot, ...(await credentialsFrom(values)) };
+}
+
+async function credentialsFrom(values: Record<string, unknown>): Promise<{ credentials?: { password: string } }> {
   const password = await passwordFrom(values);
-  return { host, port: Number(port), ...(path !== undefined ? { path } : {}), ...(password !== undefined ? { credentials: { password } } : {}) };
+  return password !== undefined ? { credentials: { password } } : {};
 }
 
 /** The VNC password from a file or stdin, never from argv (where `ps` and shell history see it). */
@@ -92,23 +106,29 @@ async function main(argv: string[]): Promise<number> {
     host: { type: 'string' },
     port: { type: 'string' },
     path: { type: 'string' },
+    socket: { type: 'string' },
+    'no-web-root': { type: 'boolean' },
     ttl: { type: 'string' },
     'view-only': { type: 'boolean' },
     exclusive: { type: 'boolean' },
-    once: { type: 'boolean' },
     'password-file': { type: 'string' },
     'password-stdin': { type: 'boolean' },
   } as const;
-  const parse = (args: string[]) => {
+  // Each command takes only its own options: anything else is refused, never silently ignored.
+  const parse = (args: string[], allowed: readonly (keyof typeof options)[], positionals = true) => {
+    const own = Object.fromEntries(allowed.map((name) => [name, options[name]])) as typeof options;
     try {
-      return parseArgs({ args, options, allowPositionals: true, strict: true });
+      return parseArgs({ args, options: own, allowPositionals: positionals, strict: true });
     } catch (error) {
-      throw new UsageError((error as Error).message);
+      const label = (command === 'session' || command === 'ports') && sub !== undefined ? `${command} ${sub}` : command;
+      throw new UsageError(usageProblem(label, error as NodeJS.ErrnoException));
     }
   };
+  const target = ['host', 'port', 'path', 'password-file', 'password-stdin'] as const;
 
   switch (command) {
     case 'serve': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig(process.env, { tickets: true });
       const log = createLogger(config.logLevel);
       const running = await startServe(config, log);
@@ -117,6 +137,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'gate': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig();
       const gate = await startGateOnly(config, createLogger(config.logLevel));
       await untilSignal();
@@ -125,7 +146,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'diagnose': {
       const config = loadConfig();
-      const id = parse([sub ?? '', ...rest].filter((a) => a !== '')).positionals;
+      const id = parse(argv.slice(1), []).positionals;
       if (id.length !== 1) throw new UsageError('diagnose takes one session ID');
       const log = createLogger('silent');
       const store = await openDatabase(config, log);
@@ -139,10 +160,12 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     case 'demo': {
+      parse(argv.slice(1), [], false);
       await runDemo(process.env, (url) => process.stdout.write(`\nOpen the console: ${url}\n`), waitForEnter, untilSignal);
       return 0;
     }
     case 'migrate': {
+      parse(argv.slice(1), [], false);
       const config = loadConfig();
       const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log: createLogger('silent') });
       try {
@@ -154,7 +177,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'session': {
-      const { values, positionals } = parse(rest);
+      const allowed = sub === 'create' ? (['protocol', 'id', 'owner', ...target] as const) : sub === 'target' ? target : [];
+      const { values, positionals } = parse(rest, allowed);
       const config = loadConfig(process.env, { tickets: false });
       if (sub === 'create') {
         if (positionals.length > 0) throw new UsageError(`unexpected argument: ${positionals[0]}`);
@@ -186,7 +210,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(`unknown session command: ${sub ?? '(none)'}`);
     }
     case 'ticket': {
-      const { values, positionals } = parse([sub ?? '', ...rest].filter((a) => a !== ''));
+      const { values, positionals } = parse(argv.slice(1), ['ttl', 'view-only', 'exclusive']);
       const config = loadConfig(process.env, { tickets: true });
       const id = positionals[0];
       if (id === undefined || positionals.length > 1) throw new UsageError('ticket takes one session ID');
@@ -197,7 +221,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'ports': {
-      const { positionals } = parse(rest);
+      const { positionals } = parse(rest, []);
       const config = loadConfig();
       const usage = 'ports status | ports list | ports allocate ID | ports release ID';
       if (!(((sub === 'status' || sub === 'list') && positionals.length === 0) || ((sub === 'allocate' || sub === 'release') && positionals.length === 1))) {
@@ -218,6 +242,14 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown command: ${command}`);
   }
+}
+
+/** One line naming what was wrong in a command's arguments. */
+function usageProblem(command: string | undefined, error: NodeJS.ErrnoException): string {
+  const quoted = /'([^']+)'/.exec(error.message)?.[1];
+  if (error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `${command} does not take the option ${quoted ?? ''}`.trim();
+  if (error.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return `${command} takes no arguments, got "${quoted ?? ''}"`;
+  return error.message.split('.')[0]!;
 }
 
 function untilSignal(): Promise<void> {

@@ -146,6 +146,13 @@ describe('a VM whose VNC password is stored with the target', () => {
     expect(gateway.rawLogs()).not.toContain('wrong-pw');
   });
 
+  it('a gateway without the key closes such a console with 1011 and says why', async () => {
+    const id = (await create(gateway, PASSWORD)).body.id;
+    const outcome = await openConsole(`${keyless.wsUrl}?ticket=${await keyless.mint(id)}`);
+    expect([outcome.code, outcome.reason]).toEqual([1011, 'the session has stored console credentials but this gateway has no CREDENTIALS_KEY']);
+    expect(keyless.rawLogs()).not.toContain(PASSWORD);
+  });
+
   it('the readiness gate and diagnose authenticate with them', async () => {
     // A database of its own: the other gateways here run with gating off and would promote its sessions.
     const own = await createTestDatabase();

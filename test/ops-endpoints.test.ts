@@ -1,36 +1,17 @@
 // The ops endpoints: `gate` as a separate process serves /healthz, /readyz and /metrics on
 // OPS_PORT; /readyz (there and on `serve`) fails while the database or its LISTEN connection is
 // down; METRICS_TOKEN guards /metrics; the edge metrics move when their events happen.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
-import { CLI } from './helpers/cli.js';
+import { startGateProcess } from './helpers/cli.js';
 import { TEST_ENV, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { metricValue, valueIn } from './helpers/metrics.js';
 import { adminUrl, createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 const METRICS_TOKEN = 'metrics-token-for-tests-0123';
-
-/** Starts `gate` as its own process and resolves with its ops URL once it is listening. */
-function startGateProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'gate'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const timer = setTimeout(() => reject(new Error(`gate did not start: ${output}`)), 60_000);
-    const onData = (chunk: Buffer) => {
-      output += chunk;
-      const line = output.split('\n').find((l) => l.includes('ops endpoints listening'));
-      if (line === undefined) return;
-      clearTimeout(timer);
-      resolve({ child, url: (JSON.parse(line) as { url: string }).url });
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`gate exited with ${code}: ${output}`)));
-  });
-}
 
 async function admin<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: adminUrl() });

@@ -10,7 +10,7 @@ import { probeSession } from '../src/fleet/probe.js';
 import { parseCidrList } from '../src/console/target.js';
 
 const allowed = parseCidrList('127.0.0.1/32');
-const options = { allowed, readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };
+const options = { allowed, socketDirs: [], readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };
 const cleanups: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();

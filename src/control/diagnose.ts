@@ -6,7 +6,7 @@ import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
 import type { Database } from '../db/schema.js';
-import { requireSession, targetOf } from '../db/sessions.js';
+import { describeTarget, requireSession, targetOf } from '../db/sessions.js';
 import { probeSession, storedCredentials, type ProbeResult } from '../fleet/probe.js';
 import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from '../fleet/runtime-hook.js';
@@ -45,11 +45,12 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
   } else {
     const result = await probeSession(target, row.protocol, {
       allowed: config.targetAllowedCidrs,
+      socketDirs: config.targetAllowedSocketDirs,
       readyPaths: config.readyPaths,
       attemptTimeoutMs: deps.probeTimeoutMs ?? 2_000,
       ...storedCredentials(row, config),
     });
-    probe = { ...result, ...(result.ok ? {} : { reason: scrub(result.reason) }), target: `${target.host}:${target.port}${target.path ?? ''}` };
+    probe = { ...result, ...(result.ok ? {} : { reason: scrub(result.reason) }), target: describeTarget(target) };
   }
 
   let runtime: HookResult | { skipped: string };

@@ -14,7 +14,7 @@ import type { SessionEvents } from '../db/events.js';
 import { claimProvisioning, failProvisioning, releaseLeases, renewLease, targetKey, type Claim, type ProbeState } from '../db/gate-queries.js';
 import { portOf } from '../db/ports.js';
 import type { Database, SessionRow } from '../db/schema.js';
-import { markReady, targetOf, type Target } from '../db/sessions.js';
+import { isSocketTarget, markReady, targetOf, type Target } from '../db/sessions.js';
 import type { Metrics } from '../ops/metrics.js';
 import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
@@ -164,7 +164,14 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     if (signal.aborted) return;
     if (Date.now() >= renewAt && !(await renew())) return log.debug('session left provisioning or its lease moved on; probing stopped');
 
-    last = await probeSession(target, row.protocol, { allowed: config.targetAllowedCidrs, readyPaths: config.readyPaths, attemptTimeoutMs, signal, ...storedCredentials(row, config) });
+    last = await probeSession(target, row.protocol, {
+      allowed: config.targetAllowedCidrs,
+      socketDirs: config.targetAllowedSocketDirs,
+      readyPaths: config.readyPaths,
+      attemptTimeoutMs,
+      signal,
+      ...storedCredentials(row, config),
+    });
     if (signal.aborted) return;
     attempts++;
     metrics?.probes.labels(last.ok ? 'ok' : 'failed').inc();
@@ -178,7 +185,7 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
       if (ready !== undefined) {
         metrics?.sessionTransitions.labels('ready').inc();
         log.info(
-          { port: target.port, protocol: row.protocol, attempts, elapsedMs: Math.round(Date.now() - committedAt), probeMs: last.elapsedMs },
+          { ...logged(target), protocol: row.protocol, attempts, elapsedMs: Math.round(Date.now() - committedAt), probeMs: last.elapsedMs },
           `readiness probe succeeded: session ready (elapsed ${((Date.now() - committedAt) / 1000).toFixed(1)} s)`,
         );
         return;
@@ -236,7 +243,7 @@ async function failAndTeardown(
   if (failed === undefined) return log.debug('session left provisioning before it could be failed');
   metrics?.sessionTransitions.labels('failed').inc();
   log.error(
-    { owner: redactOwner(row.owner_id), port: target.port, protocol: row.protocol, attempts: probe.attempts, elapsedMs: Math.round(elapsedMs), reason },
+    { owner: redactOwner(row.owner_id), ...logged(target), protocol: row.protocol, attempts: probe.attempts, elapsedMs: Math.round(elapsedMs), reason },
     'readiness probe failed: session marked failed',
   );
   log.warn(
@@ -248,6 +255,11 @@ async function failAndTeardown(
   const teardown = await hook.run('teardown', hookSession);
   if (teardown.ok) log.info({ elapsedMs: teardown.elapsedMs }, 'best-effort teardown completed');
   else log.warn({ error: teardown.error, elapsedMs: teardown.elapsedMs }, 'best-effort teardown failed');
+}
+
+/** Where a target is, as log fields: the VM's port, or its socket path. */
+function logged(target: Target): { port: number } | { socket: string } {
+  return isSocketTarget(target) ? { socket: target.socket } : { port: target.port };
 }
 
 /** When the row's current target was committed, in ms on the database's clock. */

@@ -1,14 +1,17 @@
-// One readiness probe attempt against a session's target (seed: noVNC readiness gating). A console
-// is ready when it speaks, not when a port is open: `vnc` targets must send the RFB banner
-// (RFC 6143 §7.1.1), `websockify` targets must serve the noVNC page, complete a WebSocket
-// handshake and relay that banner. Every attempt settles once, with a one-line reason on failure,
-// and leaves no socket or timer behind.
+// One readiness probe attempt against a session's target. A console
+// is ready when it speaks, not when a port is open: `vnc` targets (on TCP or a unix socket) must
+// send the RFB banner (RFC 6143 §7.1.1); `websockify` targets must complete a WebSocket handshake
+// and relay that banner, the decisive check, and before it serve a noVNC page, unless they serve
+// none (`webRoot: false`, or NOVNC_READY_PATHS=[]). Every attempt settles once, with a one-line
+// reason on failure, and leaves no socket or timer behind.
 import { request, type IncomingMessage } from 'node:http';
 import { connect, isIP, type Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import type { Protocol } from '../db/schema.js';
 import { GatewayError } from '../errors.js';
-import { resolveTarget, type CidrList, type Resolver } from '../console/target.js';
+import type { CidrList, Resolver } from '../console/target.js';
+import { checkTarget, type VmEndpoint } from '../console/vm-endpoint.js';
+import { isSocketTarget, type AddressTarget, type Target } from '../db/sessions.js';
 import { openCredentials, type Credentials } from '../console/credentials.js';
 import type { Config } from '../config.js';
 import type { SessionRow } from '../db/schema.js';
@@ -18,7 +21,7 @@ import { socketIo } from '../console/rfb-io.js';
 /**
  * Where a failed probe stopped, for console_gateway_probe_failures_total{kind}: the TCP connection
  * (or name resolution), the RFB banner or handshake, the HTTP ready page, the WebSocket handshake,
- * or a target outside TARGET_ALLOWED_CIDRS.
+ * or a target outside TARGET_ALLOWED_CIDRS (or a socket outside TARGET_ALLOWED_SOCKET_DIRS).
  */
 export type ProbeFailureKind = 'tcp' | 'banner' | 'http' | 'websocket' | 'outside_cidrs';
 
@@ -27,14 +30,11 @@ export type ProbeResult =
   | { ok: true; elapsedMs: number }
   | { ok: false; reason: string; kind: ProbeFailureKind; elapsedMs: number; forbidden?: true };
 
-export interface ProbeTarget {
-  host: string;
-  port: number;
-  path: string | null;
-}
-
 export interface ProbeOptions {
   allowed: CidrList;
+  /** TARGET_ALLOWED_SOCKET_DIRS; [] refuses unix-socket targets. Required, so no caller forgets it. */
+  socketDirs: readonly string[];
+  /** Pages of which one must answer 2xx/3xx before the WebSocket step; [] skips the HTTP step. */
   readyPaths: readonly string[];
   /** Budget of each network step (connect + banner, one HTTP GET, the WebSocket handshake + banner). */
   attemptTimeoutMs: number;
@@ -67,22 +67,25 @@ interface Attempt extends ProbeOptions {
 }
 
 /** Probes `target` once. Never throws: a forbidden or unresolvable target is a failed probe. */
-export async function probeSession(target: ProbeTarget, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
+export async function probeSession(target: Target, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
   const started = performance.now();
   const elapsed = () => Math.round(performance.now() - started);
   let kind: ProbeFailureKind = 'tcp';
   const attempt: Attempt = { ...options, reached: (k) => (kind = k) };
   try {
     options.signal?.throwIfAborted();
-    const address = await resolveTarget(target.host, options.allowed, options.resolve);
+    const rules = { cidrs: options.allowed, socketDirs: options.socketDirs, ...(options.resolve ? { resolve: options.resolve } : {}) };
+    const endpoint = await checkTarget(target, rules);
     if (protocol === 'vnc') {
       const stored = options.credentials;
       const credentials = stored === undefined ? undefined : openCredentials(stored.key, stored.sessionId, stored.sealed);
-      await (credentials === undefined ? readTcpBanner(address, target.port, attempt) : authenticateTcp(address, target.port, credentials, attempt));
-    } else {
-      await getReadyPage(address, target, attempt);
+      await (credentials === undefined ? readVncBanner(endpoint, attempt) : authenticate(endpoint, credentials, attempt));
+    } else if ('host' in endpoint && !isSocketTarget(target)) {
+      if (target.webRoot !== false && options.readyPaths.length > 0) await getReadyPage(endpoint.host, target, attempt);
       attempt.reached('websocket');
-      await readWebSocketBanner(address, target, attempt);
+      await readWebSocketBanner(endpoint.host, target, attempt);
+    } else {
+      throw new NotReady('a websockify target needs a host and port, not a unix socket');
     }
     return { ok: true, elapsedMs: elapsed() };
   } catch (error) {
@@ -106,10 +109,11 @@ function reasonOf(error: unknown): string {
 const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
 
 /** Why a connection attempt failed, in the words an operator searches for. */
-function connectReason(error: NodeJS.ErrnoException, timeoutMs: number): string {
+function connectReason(error: NodeJS.ErrnoException, timeoutMs: number, unix: boolean): string {
   switch (error.code) {
     case 'ECONNREFUSED':
-      return 'TCP connect refused';
+      // A unix socket whose server died: the file is still there, nobody accepts on it.
+      return unix ? 'unix socket connect refused (no server listening)' : 'TCP connect refused';
     case 'ETIMEDOUT':
       return `TCP connect timed out after ${seconds(timeoutMs)}`;
     case 'ECONNRESET':
@@ -155,23 +159,23 @@ function step<T>(
   });
 }
 
-function readTcpBanner(address: string, port: number, options: Attempt): Promise<void> {
+function readVncBanner(endpoint: VmEndpoint, options: Attempt): Promise<void> {
   let connected = false;
+  const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
-  const timeout = () => (connected ? `no RFB banner within ${budget}` : `TCP connect timed out after ${budget}`);
+  const timeout = () => (connected ? `no RFB banner within ${budget}` : `${unix ? 'unix socket' : 'TCP'} connect timed out after ${budget}`);
   return step<void>(options, timeout, ({ resolve, reject }) => {
-    const socket: Socket = connect({ host: address, port });
+    const socket: Socket = connect(endpoint);
     let received = Buffer.alloc(0);
-    socket.setNoDelay(true);
+    if (!unix) socket.setNoDelay(true);
     socket.once('connect', () => {
       connected = true;
       options.reached('banner');
-      options.reached('banner');
     });
     socket.on('error', (error: NodeJS.ErrnoException) =>
-      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
     );
-    socket.on('close', () => reject(new NotReady(connected ? 'the VM closed the connection before the RFB banner' : 'TCP connect failed')));
+    socket.on('close', () => reject(new NotReady(connected ? 'the VM closed the connection before the RFB banner' : 'connect failed')));
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       if (received.length < BANNER_BYTES) return;
@@ -184,18 +188,20 @@ function readTcpBanner(address: string, port: number, options: Attempt): Promise
 }
 
 /** Connects and runs VNC authentication with the stored credentials, as the console path will. */
-function authenticateTcp(address: string, port: number, credentials: Credentials, options: Attempt): Promise<void> {
+function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: Attempt): Promise<void> {
   let connected = false;
+  const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
-  const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `TCP connect timed out after ${budget}`);
+  const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `${unix ? 'unix socket' : 'TCP'} connect timed out after ${budget}`);
   return step<void>(options, timeout, ({ resolve, reject }) => {
-    const socket: Socket = connect({ host: address, port });
-    socket.setNoDelay(true);
+    const socket: Socket = connect(endpoint);
+    if (!unix) socket.setNoDelay(true);
     socket.on('error', (error: NodeJS.ErrnoException) =>
-      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
     );
     socket.once('connect', () => {
       connected = true;
+      options.reached('banner');
       authenticateVm(socketIo(socket), credentials).then(
         () => resolve(),
         (error: unknown) => reject(new NotReady(error instanceof GatewayError ? error.message : 'the VM closed the connection during VNC authentication')),
@@ -205,11 +211,11 @@ function authenticateTcp(address: string, port: number, credentials: Credentials
   });
 }
 
-const hostHeader = (target: ProbeTarget) => `${isIP(target.host) === 6 ? `[${target.host}]` : target.host}:${target.port}`;
+const hostHeader = (target: AddressTarget) => `${isIP(target.host) === 6 ? `[${target.host}]` : target.host}:${target.port}`;
 const urlHost = (address: string) => (isIP(address) === 6 ? `[${address}]` : address);
 
 /** GETs each ready path in turn; the first 2xx/3xx wins. Refusals stop at once: no path will answer. */
-async function getReadyPage(address: string, target: ProbeTarget, options: Attempt): Promise<void> {
+async function getReadyPage(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const failures: string[] = [];
   for (const p of options.readyPaths) {
     const path = `/${p.replace(/^\/+/, '')}`;
@@ -233,7 +239,7 @@ async function getReadyPage(address: string, target: ProbeTarget, options: Attem
 }
 
 /** Opens the target's WebSocket (subprotocol `binary`) and waits for the RFB banner as data. */
-function readWebSocketBanner(address: string, target: ProbeTarget, options: Attempt): Promise<void> {
+function readWebSocketBanner(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const raw = target.path ?? '/';
   const path = raw.startsWith('/') ? raw : `/${raw}`;
   return step<void>(options, () => `no RFB banner over the WebSocket within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { SessionRow } from '../db/schema.js';
-import { targetOf } from '../db/sessions.js';
+import { targetOf, type Target } from '../db/sessions.js';
 import { redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 
 export type HookAction = 'diagnostics' | 'teardown' | 'list';
@@ -16,7 +16,7 @@ export interface HookSession {
   sessionId?: string;
   ownerId?: string | null;
   protocol?: string;
-  target?: { host: string; port: number; path: string | null } | null;
+  target?: Target | null;
   port?: number | null;
 }
 

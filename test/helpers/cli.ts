@@ -51,3 +51,28 @@ export function startServeProcess(env: Record<string, string>): Promise<{ child:
     });
   });
 }
+
+/** Starts `gate` (the sidecar) and resolves with its OPS_PORT URL once it is listening. */
+export function startGateProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, 'gate'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`gate did not start: ${output}`));
+    }, 60_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk;
+      const line = output.split('\n').find((l) => l.includes('ops endpoints listening'));
+      if (line === undefined) return;
+      clearTimeout(timer);
+      resolvePromise({ child, url: (JSON.parse(line) as { url: string }).url });
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`gate exited with ${code}: ${output}`));
+    });
+  });
+}

@@ -82,6 +82,10 @@ describe('operator commands beside a running embedded serve', { timeout: 240_000
     const stopped = json((await cli(['session', 'stop', session.id])).stdout);
     expect(stopped).toMatchObject({ status: 'stopped', cleanupReason: 'stopped', cleanupCompletedAt: expect.any(String) });
     expect(json((await cli(['ports', 'status'])).stdout)).toMatchObject({ allocated: 0, free: 1 });
+    // diagnose tells what the fleet did: cleaned once, by the server's API actor.
+    const after = json((await cli(['diagnose', session.id])).stdout);
+    expect(after.cleanup).toMatchObject({ reason: 'stopped', completedAt: expect.any(String), attempts: 0 });
+    expect(after.audit.filter((a: any) => a.action === 'cleanup')).toEqual([expect.objectContaining({ actor: expect.stringMatching(/^api@/), reason: expect.stringMatching(/^stopped: no runtime hook configured/) })]);
 
     const bad = await cli(['session', 'stop', 'not-a-uuid']);
     expect(bad.code).toBe(1);

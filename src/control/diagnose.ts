@@ -5,6 +5,7 @@
 import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
+import { listAudit } from '../db/audit.js';
 import type { Database } from '../db/schema.js';
 import { describeTarget, requireSession, targetOf } from '../db/sessions.js';
 import { probeSession, storedCredentials, type ProbeResult } from '../fleet/probe.js';
@@ -80,6 +81,15 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
         readyAt: iso(row.ready_at),
         finishedAt: iso(row.finished_at),
       },
+      // What the fleet did about it: cleanup state and the latest audit rows, newest first.
+      cleanup: {
+        reason: row.cleanup_reason,
+        completedAt: iso(row.cleanup_completed_at),
+        attempts: row.cleanup_attempts,
+        error: row.cleanup_error === null ? null : truncate(scrub(row.cleanup_error), KEEP_CHARS),
+        unreachableProbes: row.unreachable_probes,
+      },
+      audit: (await listAudit(db, { sessionId: row.id, limit: 10 })).map((a) => ({ ...a, reason: scrub(a.reason) })),
       // The ticket is minted per visit by the platform; a real one never belongs in a report.
       expectedConsoleUrl: `${base}/console?ticket=<minted by your platform>`,
       probe,

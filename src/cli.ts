@@ -147,7 +147,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(usageProblem(label, error as NodeJS.ErrnoException));
     }
   };
-  const target = ['host', 'port', 'path', 'password-file', 'password-stdin'] as const;
+  const target = ['host', 'port', 'path', 'no-web-root', 'socket', 'password-file', 'password-stdin'] as const;
 
   switch (command) {
     case 'serve': {

@@ -27,7 +27,9 @@ COPY examples ./examples
 RUN mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
-EXPOSE 8080
+# 8080: consoles, control API, /healthz /readyz /metrics (serve); 9464: OPS_PORT of the gate and
+# reconcile sidecars.
+EXPOSE 8080 9464
 # Liveness only; load balancers should use /readyz (database reachable and not draining).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]

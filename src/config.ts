@@ -1,5 +1,6 @@
 // The only module that reads process.env. Every problem is collected and reported at once, so an
 // operator fixes a deployment in one round trip; the result is frozen.
+import { isAbsolute, normalize } from 'node:path';
 import { parseCidrList, type CidrList } from './console/target.js';
 import { readEdgeConfig, type EdgeConfig } from './edge-config.js';
 
@@ -20,6 +21,8 @@ export interface Config {
   readonly ticketMaxTtlSeconds: number;
   readonly allowedOrigins: readonly string[];
   readonly targetAllowedCidrs: CidrList;
+  /** Directories whose unix sockets `vnc` targets may name; empty: no unix-socket targets. */
+  readonly targetAllowedSocketDirs: readonly string[];
   readonly targetWaitTimeoutSeconds: number;
   readonly connectTimeoutSeconds: number;
   readonly idleTimeoutSeconds: number;
@@ -153,15 +156,21 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     problems.push(`TARGET_ALLOWED_CIDRS: ${(error as Error).message}`);
   }
 
+  const targetAllowedSocketDirs = list('TARGET_ALLOWED_SOCKET_DIRS').map((dir) => normalize(dir).replace(/(.)\/+$/, '$1'));
+  for (const dir of targetAllowedSocketDirs) {
+    if (!isAbsolute(dir)) problems.push(`TARGET_ALLOWED_SOCKET_DIRS entry "${dir}" must be an absolute directory path`);
+  }
+
+  // [] is allowed: no HTTP step at all, for fleets whose websockify targets serve no noVNC pages.
   let readyPaths: string[] = ['vnc.html', 'vnc_lite.html', ''];
   const rawPaths = str('NOVNC_READY_PATHS');
   if (rawPaths !== undefined) {
     try {
       const parsed: unknown = JSON.parse(rawPaths);
-      if (!Array.isArray(parsed) || parsed.length === 0 || !parsed.every((p) => typeof p === 'string')) throw new Error();
+      if (!Array.isArray(parsed) || !parsed.every((p) => typeof p === 'string')) throw new Error();
       readyPaths = parsed as string[];
     } catch {
-      problems.push('NOVNC_READY_PATHS must be a non-empty JSON array of strings, like ["vnc.html","vnc_lite.html",""]');
+      problems.push('NOVNC_READY_PATHS must be a JSON array of strings, like ["vnc.html","vnc_lite.html",""] ([] skips the HTTP check)');
     }
   }
 
@@ -209,6 +218,7 @@ export function loadConfig(env: Env = process.env, needs: { tickets?: boolean } 
     ticketMaxTtlSeconds,
     allowedOrigins,
     targetAllowedCidrs,
+    targetAllowedSocketDirs,
     targetWaitTimeoutSeconds: num('TARGET_WAIT_TIMEOUT_SECONDS', 25, 0, 3600, false),
     connectTimeoutSeconds: num('TARGET_CONNECT_TIMEOUT_SECONDS', 5, 0.1, 120, false),
     idleTimeoutSeconds: num('CONSOLE_IDLE_TIMEOUT_SECONDS', 0, 0),

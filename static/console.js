@@ -23,7 +23,7 @@ const CLOSE_WORDS = {
 // upgrade only once the VM console is reachable, so a longer wait means the VM is starting.
 const WAITING_AFTER_MS = 1000;
 
-// Closes that mean "not now" rather than "no": draining, try again later, VM unreachable.
+// Closes that mean "not now" rather than "no": draining, busy or not ready, VM unreachable.
 const RETRYABLE = new Set([1001, 1013, 4502]);
 
 const $ = (id) => document.getElementById(id);
@@ -83,9 +83,25 @@ function socketUrl() {
   return url.href;
 }
 
-const ticket = takeTicket();
-const viewOnly = ticket ? isViewOnly(ticket) : false;
-$('view-only').hidden = !viewOnly;
+const reconnectButton = $('reconnect');
+
+/**
+ * The embedding frontend, for fresh tickets: the parent window and the origins it may have
+ * (FRAME_ANCESTORS / ALLOWED_ORIGINS, from console/config.json). Messages go to each listed origin
+ * by name, never '*': the browser delivers one only if the parent really has that origin.
+ */
+const parent = window.parent !== window ? window.parent : undefined;
+let parentOrigins = [];
+const pageConfig = loadPageConfig();
+
+async function loadPageConfig() {
+  try {
+    const res = await fetch(new URL('console/config.json', location.href), { cache: 'no-store', credentials: 'omit' });
+    if (res.ok) parentOrigins = ((await res.json()).parentOrigins || []).filter((o) => typeof o === 'string' && o !== '*');
+  } catch {
+    // No config, no reconnect through the parent: the Reconnect button still asks again.
+  }
+}
 
 // Fullscreen works whether or not a console connects.
 fullscreen.addEventListener('click', () => {
@@ -96,6 +112,25 @@ document.addEventListener('fullscreenchange', () => {
   fullscreen.setAttribute('aria-pressed', String(Boolean(document.fullscreenElement)));
 });
 
+let rfb; // the current noVNC connection, for the toolbar
+let viewOnly = false;
+
+ctrlAltDel.addEventListener('click', () => {
+  rfb?.sendCtrlAltDel();
+  rfb?.focus();
+});
+pasteSend.addEventListener('click', () => {
+  rfb?.clipboardPasteFrom(pasteText.value);
+  rfb?.focus();
+});
+passwordDialog.addEventListener('submit', (event) => {
+  event.preventDefault();
+  passwordDialog.hidden = true;
+  rfb?.sendCredentials({ password: password.value });
+  password.value = '';
+});
+
+const ticket = takeTicket();
 if (!ticket) {
   setStatus('disconnected', 'Disconnected: no ticket in the console link', { reason: 'no ticket in the console link' });
 } else {
@@ -103,6 +138,9 @@ if (!ticket) {
 }
 
 function connect(ticket) {
+  viewOnly = isViewOnly(ticket);
+  $('view-only').hidden = !viewOnly;
+  reconnectButton.hidden = true;
   setStatus('connecting', 'Connecting…');
   // The ticket travels as a subprotocol beside 'binary' so it never appears in a URL or log.
   const socket = new WebSocket(socketUrl(), ['binary', 'ticket.' + ticket]);
@@ -117,11 +155,14 @@ function connect(ticket) {
   socket.addEventListener('close', (event) => {
     clearTimeout(waiting);
     const words = event.reason || securityReason || CLOSE_WORDS[event.code] || `closed (code ${event.code})`;
+    const close = { code: event.code, reason: event.reason };
+    if (RETRYABLE.has(event.code) && parent !== undefined) return void reconnect(words, close);
+    // Opened on its own, the page has nobody to ask for a fresh ticket.
     const retry = RETRYABLE.has(event.code) ? ' — this is temporary: reload the page to try again' : '';
-    setStatus('disconnected', `Disconnected: ${words}${retry}`, { code: event.code, reason: event.reason });
+    setStatus('disconnected', `Disconnected: ${words}${retry}`, close);
   });
 
-  const rfb = new RFB(screen, socket, { shared: true });
+  rfb = new RFB(screen, socket, { shared: true });
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.viewOnly = viewOnly;
@@ -129,6 +170,7 @@ function connect(ticket) {
 
   rfb.addEventListener('connect', () => {
     clearTimeout(waiting);
+    attempts = 0;
     setStatus('connected', 'Connected');
     rfb.focus();
   });
@@ -147,19 +189,57 @@ function connect(ticket) {
     // Best effort: browsers allow this only with focus and permission; the text box is the fallback.
     navigator.clipboard?.writeText(event.detail.text).catch(() => {});
   });
+}
 
-  passwordDialog.addEventListener('submit', (event) => {
-    event.preventDefault();
-    passwordDialog.hidden = true;
-    rfb.sendCredentials({ password: password.value });
-    password.value = '';
-  });
-  ctrlAltDel.addEventListener('click', () => {
-    rfb.sendCtrlAltDel();
-    rfb.focus();
-  });
-  pasteSend.addEventListener('click', () => {
-    rfb.clipboardPasteFrom(pasteText.value);
-    rfb.focus();
+// Reconnecting after a retryable close: ask the parent for a fresh ticket (a ticket is one-time),
+// wait a growing delay, connect again. Closes in a row without reaching "Connected" count as
+// attempts; after the last one, or when the parent does not answer, the page stays disconnected
+// with a Reconnect button that asks again.
+const ANSWER_TIMEOUT_MS = 5000;
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+let attempts = 0;
+let lastClose = { words: '', close: { reason: '' } };
+
+async function reconnect(words, close) {
+  lastClose = { words, close };
+  if (attempts >= BACKOFF_MS.length) return showDisconnected();
+  setStatus('reconnecting', 'Reconnecting…', close);
+  const delay = new Promise((resolve) => setTimeout(resolve, BACKOFF_MS[attempts]));
+  attempts++;
+  const fresh = await askParentForTicket(words, close.code);
+  await delay;
+  if (fresh === undefined) return showDisconnected();
+  connect(fresh);
+}
+
+function showDisconnected() {
+  setStatus('disconnected', `Disconnected: ${lastClose.words}`, lastClose.close);
+  reconnectButton.hidden = parent === undefined;
+}
+
+reconnectButton.addEventListener('click', () => {
+  attempts = 0;
+  void reconnect(lastClose.words, lastClose.close);
+});
+
+/** Posts the ticket request to the parent; resolves with a ticket from an allowed origin, or undefined. */
+async function askParentForTicket(reason, code) {
+  await pageConfig;
+  if (parentOrigins.length === 0) await loadPageConfig();
+  if (parentOrigins.length === 0) return undefined;
+  return new Promise((resolve) => {
+    const done = (value) => {
+      clearTimeout(timer);
+      window.removeEventListener('message', onMessage);
+      resolve(value);
+    };
+    const onMessage = (event) => {
+      if (event.source !== parent || !parentOrigins.includes(event.origin)) return;
+      const data = event.data;
+      if (data?.type === 'console-gateway:ticket' && typeof data.ticket === 'string' && data.ticket !== '') done(data.ticket);
+    };
+    const timer = setTimeout(() => done(undefined), ANSWER_TIMEOUT_MS);
+    window.addEventListener('message', onMessage);
+    for (const origin of parentOrigins) parent.postMessage({ type: 'console-gateway:ticket-request', reason, code }, origin);
   });
 }

@@ -4,13 +4,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { WebSocket } from 'ws';
 import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 let gateway: TestGateway;
+let database: TestDatabase;
 let vmServer: Server;
 let nextVm: (socket: Socket) => void = () => {};
 
 beforeAll(async () => {
-  gateway = await startTestGateway();
+  // PostgreSQL: starts in a second where the embedded database can take a minute on a busy machine.
+  database = await createTestDatabase();
+  gateway = await startTestGateway({}, database.url);
   vmServer = createServer((socket) => {
     socket.on('error', () => {});
     nextVm(socket);
@@ -24,6 +28,7 @@ afterEach(async () => {
 afterAll(async () => {
   await gateway?.stop();
   await new Promise((resolve) => vmServer.close(resolve));
+  await database?.drop();
 });
 
 async function consoleTo(): Promise<{ ws: WebSocket; vm: Socket; id: string }> {
@@ -126,6 +131,18 @@ describe('the byte pump', () => {
     expect([code, reason]).toEqual([4502, 'lost the connection to the VM console (ECONNRESET)']);
     await expectEnding(gateway, id, { code, reason }, 'VM_CONNECTION_LOST');
     expect(await closesSince(gateway, before)).toEqual({ 4502: 1 });
+  });
+
+  it('drops a browser that never answers its close frame after a few seconds, not ws’s 30', async () => {
+    const { ws, vm, id } = await consoleTo();
+    (ws as unknown as { _socket: Socket })._socket.pause(); // reads nothing, so never answers
+    const vmClosed = new Promise((resolve) => vm.on('close', resolve));
+    const started = Date.now();
+    await gateway.api('DELETE', `/api/v1/sessions/${id}`);
+    await vmClosed;
+    await vi.waitFor(() => expect(gateway.running.gateway.consoles.live.size).toBe(0), { timeout: 10_000 });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    ws.terminate();
   });
 
   it('closes the VM connection when the browser goes away', async () => {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { CLI, runCli, startServeProcess } from './helpers/cli.js';
 import { openConsole } from './helpers/gateway.js';
+import { createTestDatabase } from './helpers/postgres.js';
 
 const SECRET = 'cli-test-secret-that-is-at-least-32-bytes';
 let dataDir: string;
@@ -40,6 +41,27 @@ describe('console-gateway commands', () => {
     expect(json(stopped.stdout)).toMatchObject({ status: 'stopped' });
   });
 
+  it('commits a websockify target without a web root, and a vnc target on a unix socket', async () => {
+    // On PostgreSQL: five commands, each opening the embedded database, would take minutes on CI.
+    const database = await createTestDatabase();
+    const env = { TICKET_SECRET: SECRET, DATABASE_URL: database.url };
+    const ws = await runCli(['session', 'create', '--protocol', 'websockify', '--host', '10.0.0.6', '--port', '5700', '--path', '/', '--no-web-root'], env);
+    expect(json(ws.stdout)).toMatchObject({ status: 'provisioning', target: { host: '10.0.0.6', port: 5700, path: '/', webRoot: false } });
+
+    const withDirs = { ...env, TARGET_ALLOWED_SOCKET_DIRS: '/run/cg-test-vms' };
+    const vnc = json((await runCli(['session', 'create', '--protocol', 'vnc'], withDirs)).stdout);
+    const onSocket = await runCli(['session', 'target', vnc.id, '--socket', '/run/cg-test-vms/vm-1/vnc.sock'], withDirs);
+    expect(json(onSocket.stdout)).toMatchObject({ status: 'provisioning', target: { socket: '/run/cg-test-vms/vm-1/vnc.sock' } });
+
+    const disabled = await runCli(['session', 'target', vnc.id, '--socket', '/run/cg-test-vms/vm-1/vnc.sock'], env);
+    expect(disabled.code).toBe(1);
+    expect(oneLine(disabled.stderr)).toBe('console-gateway: unix-socket targets are disabled: TARGET_ALLOWED_SOCKET_DIRS is empty');
+    const mixed = await runCli(['session', 'target', vnc.id, '--socket', '/run/x.sock', '--port', '5900'], withDirs);
+    expect(mixed.code).toBe(2);
+    expect(oneLine(mixed.stderr)).toBe('console-gateway: --socket stands alone: no --host, --port or --path');
+    await database.drop();
+  }, 60_000);
+
   it('leases pool ports, renews a held lease and exits 3 when the pool is exhausted', { timeout: 240_000 }, async () => {
     // Each command opens the embedded database itself: seconds apiece on a busy machine.
     const SLOW = 120_000;
@@ -71,7 +93,7 @@ describe('console-gateway commands', () => {
       [['session', 'target', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--host', '127.0.0.1', '--port', '5900'], env, /outside TARGET_ALLOWED_CIDRS/],
       [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], env, /unknown console session/],
       [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e'], { DATA_DIR: dataDir }, /TICKET_SECRET/],
-      [['session', 'create', '--protocol', 'vnc', '--bogus'], env, /Unknown option '--bogus'/],
+      [['session', 'create', '--protocol', 'vnc', '--bogus'], env, /^console-gateway: session create does not take the option --bogus$/],
       [['frobnicate'], env, /unknown command: frobnicate/],
       [['serve'], { ...env, PORT: 'x', TICKET_SECRET: 'short' }, /PORT must be an integer.*TICKET_SECRET must be at least 32 bytes/],
       [['session', 'create', '--protocol', 'vnc'], { ...env, DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/none' }, /database unreachable: connection refused/],
@@ -84,6 +106,28 @@ describe('console-gateway commands', () => {
       expect(result.stderr).not.toMatch(/\n\s+at /); // no stack traces
       expect(result.stderr).not.toContain(SECRET);
     }
+  });
+
+  it('refuses options and arguments a command does not take with one line and exit 2, --once included', { timeout: 120_000 }, async () => {
+    const cases: [string[], string][] = [
+      [['serve', '--once'], 'serve does not take the option --once'],
+      [['gate', '--once'], 'gate does not take the option --once'],
+      [['migrate', '--once'], 'migrate does not take the option --once'],
+      [['demo', '--once'], 'demo does not take the option --once'],
+      [['migrate', 'now'], 'migrate takes no arguments, got "now"'],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--once'], 'ticket does not take the option --once'],
+      [['ticket', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--protocol', 'vnc'], 'ticket does not take the option --protocol'],
+      [['session', 'stop', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--host', '10.0.0.1'], 'session stop does not take the option --host'],
+      [['ports', 'status', '--once'], 'ports status does not take the option --once'],
+      [['diagnose', '6f1c1bde-9a56-4c1e-9d86-4f4b7b8c9d0e', '--once'], 'diagnose does not take the option --once'],
+    ];
+    // In parallel: each is refused before any database or listener is opened.
+    const results = await Promise.all(cases.map(([args]) => runCli(args, env, 110_000)));
+    results.forEach((result, i) => {
+      const [args, line] = cases[i]!;
+      expect({ args, code: result.code, line: oneLine(result.stderr) }).toEqual({ args, code: 2, line: `console-gateway: ${line}` });
+      expect(result.stdout).toBe('');
+    });
   });
 
   it('demo prints a console URL whose ticket opens the demo VNC server through the gateway', async () => {
@@ -113,11 +157,12 @@ describe('console-gateway commands', () => {
     }
   });
 
-  it('refuses to open an embedded database another process is using', async () => {
+  it('refuses commands that need the database itself (migrate) while another process holds the embedded one', { timeout: 240_000 }, async () => {
     const serveDir = await mkdtemp(join(tmpdir(), 'cg-cli-serve-'));
-    const server = await startServeProcess({ DATA_DIR: serveDir, TICKET_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1' });
+    const server = await startServeProcess({ DATA_DIR: serveDir, TICKET_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1' }, 120_000);
     try {
-      const result = await runCli(['session', 'create', '--protocol', 'vnc'], { ...env, DATA_DIR: serveDir });
+      // Operator commands reach the running server through its admin socket (test/admin-socket.test.ts).
+      const result = await runCli(['migrate'], { ...env, DATA_DIR: serveDir }, 120_000);
       expect(result.code).toBe(1);
       expect(oneLine(result.stderr)).toMatch(new RegExp(`in use by process ${server.child.pid}`));
     } finally {

@@ -61,6 +61,19 @@ describe('configuration', () => {
     expect(problems({}, { tickets: false })).toEqual([]);
   });
 
+  it('accepts NOVNC_READY_PATHS=[]: no HTTP step for any target', () => {
+    expect(loadConfig({ NOVNC_READY_PATHS: '[]' }, { tickets: false }).readyPaths).toEqual([]);
+    expect(problems({ NOVNC_READY_PATHS: '{}' }, { tickets: false })).toEqual([expect.stringMatching(/NOVNC_READY_PATHS must be a JSON array of strings/)]);
+  });
+
+  it('takes TARGET_ALLOWED_SOCKET_DIRS as absolute directories, none by default', () => {
+    expect(loadConfig({}, { tickets: false }).targetAllowedSocketDirs).toEqual([]);
+    expect(loadConfig({ TARGET_ALLOWED_SOCKET_DIRS: '/run/vms/, /var/lib/vms' }, { tickets: false }).targetAllowedSocketDirs).toEqual(['/run/vms', '/var/lib/vms']);
+    expect(problems({ TARGET_ALLOWED_SOCKET_DIRS: '/run/vms,vms' }, { tickets: false })).toEqual([
+      'TARGET_ALLOWED_SOCKET_DIRS entry "vms" must be an absolute directory path',
+    ]);
+  });
+
   it('parses NOVNC_READY_PATHS as a JSON array', () => {
     const config = loadConfig({ NOVNC_READY_PATHS: '["vnc.html"]' }, { tickets: false });
     expect(config.readyPaths).toEqual(['vnc.html']);

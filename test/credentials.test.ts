@@ -146,10 +146,19 @@ describe('a VM whose VNC password is stored with the target', () => {
     expect(gateway.rawLogs()).not.toContain('wrong-pw');
   });
 
+  it('a gateway without the key closes such a console with 1011 and says why', async () => {
+    const id = (await create(gateway, PASSWORD)).body.id;
+    const outcome = await openConsole(`${keyless.wsUrl}?ticket=${await keyless.mint(id)}`);
+    expect([outcome.code, outcome.reason]).toEqual([1011, 'the session has stored console credentials but this gateway has no CREDENTIALS_KEY']);
+    expect(keyless.rawLogs()).not.toContain(PASSWORD);
+  });
+
   it('the readiness gate and diagnose authenticate with them', async () => {
+    // A database of its own: the other gateways here run with gating off and would promote its sessions.
+    const own = await createTestDatabase();
     const gated = await startTestGateway(
       { CREDENTIALS_KEY: KEY, NOVNC_READY_GATING_ENABLED: 'true', NOVNC_READY_POLL_INTERVAL_SECONDS: '0.2', NOVNC_READY_TIMEOUT_SECONDS: '3' },
-      database.url,
+      own.url,
     );
     try {
       const good = (await create(gated, PASSWORD)).body.id;
@@ -159,7 +168,7 @@ describe('a VM whose VNC password is stored with the target', () => {
       await expect.poll(async () => (await status(bad)).status, { timeout: 15_000 }).toBe('failed');
       expect((await status(bad)).failureReason).toContain('the VM refused the stored console credentials');
 
-      const config = loadConfig({ ...TEST_ENV, DATABASE_URL: database.url, CREDENTIALS_KEY: KEY });
+      const config = loadConfig({ ...TEST_ENV, DATABASE_URL: own.url, CREDENTIALS_KEY: KEY });
       const healthy = await diagnose({ db: gated.running.store.db, config }, good);
       expect(healthy.report.probe).toMatchObject({ ok: true });
       const refused = await diagnose({ db: gated.running.store.db, config }, bad);
@@ -168,6 +177,7 @@ describe('a VM whose VNC password is stored with the target', () => {
       expect(gated.rawLogs()).not.toMatch(/k3y-Pass|wrong-pw/);
     } finally {
       await gated.stop();
+      await own.drop();
     }
   }, 40_000);
 

@@ -3,7 +3,10 @@
 // another address's good consoles are untouched.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { Limits } from '../src/console/limits.js';
 import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
+import { GatewayError } from '../src/errors.js';
+import { createMetrics } from '../src/ops/metrics.js';
 import { openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { metricValue } from './helpers/metrics.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
@@ -150,5 +153,23 @@ describe('the failed-upgrade throttle', () => {
     const line = gateway.logs.find((l) => l.code === 'THROTTLED');
     expect(line).toMatchObject({ clientAddress: '127.0.0.66', closeCode: 1013 });
     expect(String(line?.msg)).toContain('FAILED_UPGRADES_PER_MINUTE=60');
+  });
+});
+
+describe('the throttle memory', () => {
+  it('stays bounded under failures from more addresses than it keeps, forgetting the oldest', () => {
+    const limits = new Limits({ maxConsoles: 0, maxConsolesPerClient: 0, maxConsolesPerSession: 0, failedUpgradesPerMinute: 2, throttleEntries: 100 }, createMetrics({ defaultMetrics: false }));
+    const bad = new GatewayError('TICKET_INVALID', 'invalid ticket');
+    limits.noteRefusal('198.51.100.1', bad);
+    limits.noteRefusal('198.51.100.1', bad);
+    expect(() => limits.checkThrottle('198.51.100.1')).toThrow(/FAILED_UPGRADES_PER_MINUTE=2/);
+    for (let i = 0; i < 1_000; i++) limits.noteRefusal(`10.0.${i >> 8}.${i & 255}`, bad);
+    expect(limits.remembered).toBe(100);
+    // The first address was the least recently used: forgotten, so no longer throttled.
+    expect(() => limits.checkThrottle('198.51.100.1')).not.toThrow();
+    // A failure the client did not cause is not counted at all.
+    limits.noteRefusal('198.51.100.2', new GatewayError('DIAL_FAILED', 'the VM console port refused the connection'));
+    limits.noteRefusal('198.51.100.2', new GatewayError('DIAL_FAILED', 'the VM console port refused the connection'));
+    expect(() => limits.checkThrottle('198.51.100.2')).not.toThrow();
   });
 });

@@ -2,7 +2,7 @@
 // a real one cannot be made to stop halfway through a frame, which is the case under test.
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Receiver, WebSocket } from 'ws';
 import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
@@ -98,6 +98,18 @@ describe('ending a pass-through console mid-frame', () => {
     expect(messages[0]!.equals(Buffer.concat([Buffer.alloc(500, 7), Buffer.alloc(500)]))).toBe(true);
     await expectEnding(gateway, id, await closed, 'VM_CONNECTION_LOST');
     expect(await closesSince(gateway, before)).toEqual({ 4502: 1 });
+  });
+
+  it('drops a browser that never answers its close frame after a few seconds', async () => {
+    const { id, ws, vm } = await consoleToScriptedTarget();
+    (ws as unknown as { _socket: Socket })._socket.pause(); // reads nothing, so never answers
+    const vmClosed = new Promise((resolve) => vm.on('close', resolve));
+    const started = Date.now();
+    await gateway.api('DELETE', `/api/v1/sessions/${id}`);
+    await vmClosed;
+    await vi.waitFor(() => expect(gateway.running.gateway.consoles.live.size).toBe(0), { timeout: 10_000 });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    ws.terminate();
   });
 
   it('passes the target’s own close frame on, code and reason as they are', async () => {

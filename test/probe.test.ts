@@ -10,7 +10,7 @@ import { probeSession } from '../src/fleet/probe.js';
 import { parseCidrList } from '../src/console/target.js';
 
 const allowed = parseCidrList('127.0.0.1/32');
-const options = { allowed, readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };
+const options = { allowed, socketDirs: [], readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };
 const cleanups: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -95,14 +95,14 @@ describe('vnc probe', () => {
     const port = await listen(server);
     await new Promise((resolve) => server.close(resolve));
     const result = await probeSession({ host: '127.0.0.1', port, path: null }, 'vnc', options);
-    expect(result).toMatchObject({ ok: false, reason: 'TCP connect refused' });
+    expect(result).toMatchObject({ ok: false, kind: 'tcp', reason: 'TCP connect refused' });
     expect(result.elapsedMs).toBeLessThan(250);
   });
 
   it('is not ready when the port is open but never speaks, and closes its socket', async () => {
     const silent = await silentServer();
     const result = await probeSession({ host: '127.0.0.1', port: silent.port, path: null }, 'vnc', options);
-    expect(result).toMatchObject({ ok: false, reason: 'no RFB banner within 0.5 s' });
+    expect(result).toMatchObject({ ok: false, kind: 'banner', reason: 'no RFB banner within 0.5 s' });
     await until(() => silent.open.size === 0);
   });
 
@@ -110,7 +110,7 @@ describe('vnc probe', () => {
     const server = createServer((socket) => socket.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
     const port = await listen(server);
     const result = await probeSession({ host: '127.0.0.1', port, path: null }, 'vnc', options);
-    expect(result).toMatchObject({ ok: false, reason: 'not an RFB banner: got "HTTP/1.1 400"' });
+    expect(result).toMatchObject({ ok: false, kind: 'banner', reason: 'not an RFB banner: got "HTTP/1.1 400"' });
   });
 
   it('refuses a target outside TARGET_ALLOWED_CIDRS without dialling it', async () => {
@@ -122,7 +122,7 @@ describe('vnc probe', () => {
       resolve: async () => ['127.0.0.1'],
     });
     dialled = silent.open.size > 0;
-    expect(result).toMatchObject({ ok: false, forbidden: true, reason: 'the VM address 127.0.0.1 is outside TARGET_ALLOWED_CIDRS' });
+    expect(result).toMatchObject({ ok: false, kind: 'outside_cidrs', forbidden: true, reason: 'the VM address 127.0.0.1 is outside TARGET_ALLOWED_CIDRS' });
     expect(dialled).toBe(false);
   });
 
@@ -152,7 +152,7 @@ describe('websockify probe (Debian websockify in front of a VNC server)', () => 
       ...options,
       readyPaths: ['vnc.html', 'vnc_lite.html'],
     });
-    expect(result).toMatchObject({ ok: false, reason: 'HTTP 404 on /vnc.html, HTTP 404 on /vnc_lite.html' });
+    expect(result).toMatchObject({ ok: false, kind: 'http', reason: 'HTTP 404 on /vnc.html, HTTP 404 on /vnc_lite.html' });
   });
 
   it('is not ready when websockify answers but its VNC server is down', async () => {
@@ -171,7 +171,7 @@ describe('websockify probe (Debian websockify in front of a VNC server)', () => 
     });
     const port = await listen(server);
     const result = await probeSession({ host: '127.0.0.1', port, path: '/websockify' }, 'websockify', options);
-    expect(result).toMatchObject({ ok: false, reason: 'WebSocket handshake refused (HTTP 403)' });
+    expect(result).toMatchObject({ ok: false, kind: 'websocket', reason: 'WebSocket handshake refused (HTTP 403)' });
   });
 
   it('fails with "TCP connect refused" when websockify is not listening', async () => {
@@ -179,6 +179,6 @@ describe('websockify probe (Debian websockify in front of a VNC server)', () => 
     const port = await listen(server);
     await new Promise((resolve) => server.close(resolve));
     const result = await probeSession({ host: '127.0.0.1', port, path: null }, 'websockify', options);
-    expect(result).toMatchObject({ ok: false, reason: 'TCP connect refused' });
+    expect(result).toMatchObject({ ok: false, kind: 'tcp', reason: 'TCP connect refused' });
   });
 });

@@ -135,7 +135,13 @@ describe('example hooks (docker and kubectl stubbed)', () => {
       expect((await hook.run('teardown', session)).ok).toBe(true);
       const list = await hook.run('list', {});
       expect(list.resources).toEqual([{ sessionId: ID, kind: 'pod', name: 'vnc-0', namespace: 'labs', status: 'Running' }]);
+      // RECONCILIATION_NAMESPACES: one listing per namespace, concatenated; a bad name is refused.
+      const spread = await hook.run('list', {}, { namespaces: ['labs-a', 'labs-b'] });
+      expect(spread.resources).toHaveLength(2);
+      expect((await hook.run('list', {}, { namespaces: ['--all-namespaces'] })).ok).toBe(false);
       const lines = (await readFile(calls, 'utf8')).trim().split('\n');
+      expect(lines).toContain('kubectl --namespace=labs-a get pods -l console-gateway/session -o json');
+      expect(lines).toContain('kubectl --namespace=labs-b get pods -l console-gateway/session -o json');
       expect(lines).toContain(`kubectl logs -l console-gateway/session=${session.sessionId} --all-containers --prefix --tail=50`);
       expect(lines).toContain(
         `kubectl delete deployments,statefulsets,jobs,pods,services,configmaps,secrets,persistentvolumeclaims -l console-gateway/session=${session.sessionId} --ignore-not-found --wait=false`,

@@ -89,9 +89,16 @@ describe('screenshots', () => {
   });
 
   it('takes one screenshot of a session at a time', async () => {
-    const id = await session({ port: open.port });
-    const statuses = (await Promise.all([screenshot(id), screenshot(id)])).map((r) => r.status).sort();
-    expect(statuses).toEqual([200, 409]);
+    const config = loadConfig({ ...TEST_ENV, DATABASE_URL: database.url, CREDENTIALS_KEY: KEY });
+    const screenshots = new Screenshots(config, gateway.running.store.db, { timeoutMs: 1_000, maxPixels: 4096 * 4096, maxConcurrent: 4 });
+    const hung = await session({ port: (silent.address() as { port: number }).port });
+    const first = screenshots.take(hung, undefined);
+    first.catch(() => {});
+    await new Promise((r) => setTimeout(r, 200)); // the first one is connected and waiting
+    await expect(screenshots.take(hung, undefined)).rejects.toMatchObject({ code: 'CONFLICT', message: 'a screenshot of this session is being taken; try again shortly' });
+    await expect(first).rejects.toMatchObject({ code: 'SCREENSHOT_TIMEOUT' });
+    // Once it is over, the next one may start (and here times out the same way).
+    await expect(screenshots.take(hung, undefined)).rejects.toMatchObject({ code: 'SCREENSHOT_TIMEOUT' });
   });
 
   it('answers 409 for a session that is not ready, 400 for a bad maxWidth, 4xx/5xx with reasons for VMs that fail', async () => {

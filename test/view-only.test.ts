@@ -5,6 +5,7 @@ import { ViewOnlyFilter } from '../src/console/view-only.js';
 import { mintTicket } from '../src/console/ticket.js';
 import { closesNow, closesSince, expectEnding } from './helpers/endings.js';
 import { SECRET, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 import { startWebsockify, type Websockify } from './helpers/websockify.js';
 
 const version = Buffer.from('RFB 003.008\n');
@@ -39,11 +40,14 @@ describe('view-only filter', () => {
 
 describe('view-only tickets through the gateway', () => {
   let gateway: TestGateway;
+  let database: TestDatabase;
   let vm: Server;
   let received: Buffer[] = [];
   let websockify: Websockify;
   beforeAll(async () => {
-    gateway = await startTestGateway();
+    // PostgreSQL: starts in a second where the embedded database can take a minute on a busy machine.
+    database = await createTestDatabase();
+    gateway = await startTestGateway({}, database.url);
     vm = createServer((socket) => {
       socket.on('error', () => {});
       socket.on('data', (d) => received.push(d));
@@ -55,6 +59,7 @@ describe('view-only tickets through the gateway', () => {
     await gateway?.stop();
     await websockify?.close();
     vm?.close();
+    await database?.drop();
   });
 
   const sessionTo = async (protocol = 'vnc', port = (vm.address() as { port: number }).port) => {

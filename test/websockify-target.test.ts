@@ -6,9 +6,11 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 import { openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 import { startWebsockify } from './helpers/websockify.js';
 
 let gateway: TestGateway;
+let database: TestDatabase;
 let vnc: DemoVncServer;
 let websockify: { port: number; close(): Promise<void> };
 let recorder: Server;
@@ -16,7 +18,9 @@ let seen: IncomingMessage[] = [];
 const targetSockets = new Set<Socket>();
 
 beforeAll(async () => {
-  [gateway, vnc] = await Promise.all([startTestGateway(), startDemoVncServer()]);
+  // PostgreSQL: starts in a second where the embedded database can take a minute on a busy machine.
+  database = await createTestDatabase();
+  [gateway, vnc] = await Promise.all([startTestGateway({}, database.url), startDemoVncServer()]);
   websockify = await startWebsockify(vnc.port);
   // A websockify stand-in that records what reached it and answers 404 on /missing.
   recorder = createServer((_req, res) => res.writeHead(404).end());
@@ -35,6 +39,7 @@ afterAll(async () => {
   await Promise.all([vnc?.close(), websockify?.close()]);
   recorder?.closeAllConnections();
   recorder?.close();
+  await database?.drop();
 });
 
 async function websockifySession(port: number, path = '/'): Promise<string> {

@@ -42,11 +42,22 @@ case "$action" in
     if [[ $rc -eq 0 ]]; then reply true "$out"; else reply false "$out"; exit 1; fi
     ;;
   list)
-    rc=0; pods="$(kubectl "${ns[@]}" get pods -l "$label" -o json 2>&1)" || rc=$?
-    if [[ $rc -ne 0 ]]; then reply false "$pods"; exit 1; fi
-    resources="$(jq -c --arg key "$label" '[.items[]
-      | {sessionId: .metadata.labels[$key], kind: "pod", name: .metadata.name,
-         namespace: .metadata.namespace, status: .status.phase}]' <<<"$pods")"
+    # RECONCILIATION_NAMESPACES arrive as "namespaces"; none: KUBE_NAMESPACE or the context's.
+    mapfile -t namespaces < <(jq -r '.namespaces // [] | .[]' <<<"$input")
+    ((${#namespaces[@]} > 0)) || namespaces=("${KUBE_NAMESPACE:-}")
+    resources='[]'
+    for namespace in "${namespaces[@]}"; do
+      scope=()
+      if [[ -n "$namespace" ]]; then
+        [[ "$namespace" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || { reply false "not a namespace name: $namespace"; exit 1; }
+        scope=(--namespace="$namespace")
+      fi
+      rc=0; pods="$(kubectl "${scope[@]}" get pods -l "$label" -o json 2>&1)" || rc=$?
+      if [[ $rc -ne 0 ]]; then reply false "$pods"; exit 1; fi
+      resources="$(jq -c --arg key "$label" --argjson before "$resources" '$before + [.items[]
+        | {sessionId: .metadata.labels[$key], kind: "pod", name: .metadata.name,
+           namespace: .metadata.namespace, status: .status.phase}]' <<<"$pods")"
+    done
     reply true "" "$resources"
     ;;
   *)

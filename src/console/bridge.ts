@@ -19,6 +19,8 @@ export interface BridgeOptions {
 }
 
 const SEND_OPTIONS = { binary: true } as const;
+/** How long a browser has to answer our close frame before its connection is dropped. */
+const CLOSE_ANSWER_MS = 3_000;
 
 /**
  * Pipes `ws` ⇄ `tcp` until either side ends or the owner closes it. `browser` is the socket under
@@ -111,6 +113,8 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
       ws.resume();
       ws.close(code, reason);
       tcp.destroy();
+      // ws would wait 30 s for a silent browser's answer; the console would hold its place as long.
+      setTimeout(() => ws.terminate(), CLOSE_ANSWER_MS).unref();
     },
     heartbeat() {
       // While the pump holds the browser back nothing is read, pongs included.

@@ -1,17 +1,19 @@
-// Dialling the VM's console port: a checked literal address, a timeout, the browser's departure as
-// an abort, and a DIAL_FAILED that says refused or unreachable.
+// Dialling the VM's console: a checked endpoint (address and port, or socket path), a timeout, the
+// browser's departure as an abort, and a DIAL_FAILED that says refused or unreachable.
 import { connect, type Socket } from 'node:net';
 import { GatewayError } from '../errors.js';
 import { VmReads, registerReads } from './vm-reads.js';
+import type { VmEndpoint } from './vm-endpoint.js';
 
-/** Connects to a checked address; DIAL_FAILED with the reason on refusal or timeout. */
-export function dial(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<Socket> {
+/** Connects to a checked endpoint; DIAL_FAILED with the reason on refusal or timeout. */
+export function dial(endpoint: VmEndpoint, timeoutMs: number, signal: AbortSignal): Promise<Socket> {
+  const what = 'path' in endpoint ? 'the VM console socket' : 'the VM console port';
   return new Promise((resolve, reject) => {
     // Reads land in buffers the byte pump reuses (vm-reads.ts); until it takes over they are stream data.
     const reads = new VmReads();
-    const vm = connect({ host: address, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000, onread: reads.onread });
+    const vm = connect({ ...endpoint, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000, onread: reads.onread });
     registerReads(vm, reads);
-    const timer = setTimeout(() => fail(new GatewayError('DIAL_FAILED', `the VM console port did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
+    const timer = setTimeout(() => fail(new GatewayError('DIAL_FAILED', `${what} did not answer within ${timeoutMs / 1000} s`)), timeoutMs);
     const aborted = () => fail(signal.reason);
     signal.addEventListener('abort', aborted, { once: true });
     const done = () => {
@@ -26,7 +28,7 @@ export function dial(address: string, port: number, timeoutMs: number, signal: A
     }
     function onError(error: NodeJS.ErrnoException) {
       const why = error.code === 'ECONNREFUSED' ? 'refused the connection' : `could not be reached (${error.code ?? 'error'})`;
-      fail(new GatewayError('DIAL_FAILED', `the VM console port ${why}`, { cause: error }));
+      fail(new GatewayError('DIAL_FAILED', `${what} ${why}`, { cause: error }));
     }
     vm.on('error', onError);
     vm.once('connect', () => {

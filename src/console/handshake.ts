@@ -7,7 +7,7 @@ import { GatewayError } from '../errors.js';
 
 export function checkOrigin(req: IncomingMessage, config: Config): void {
   const origin = req.headers.origin;
-  // A non-browser client sends no Origin; its ticket is its only credential (DESIGN.md).
+  // A non-browser client sends no Origin; its ticket is its only credential (README, ALLOWED_ORIGINS).
   if (origin === undefined) return;
   const allowed =
     config.allowedOrigins.length > 0

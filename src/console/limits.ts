@@ -12,6 +12,8 @@ export interface LimitSettings {
   maxConsolesPerClient: number;
   maxConsolesPerSession: number;
   failedUpgradesPerMinute: number;
+  /** Addresses the throttle remembers at once (least recently used forgotten first). */
+  throttleEntries?: number;
 }
 
 /** The cap label of console_gateway_refusals_total. */
@@ -33,12 +35,19 @@ interface Window {
 export class Limits {
   private readonly perClient = new Map<string, number>();
   private readonly perSession = new Map<string, number>();
-  private readonly failures = new LRUCache<string, Window>({ max: THROTTLE_ENTRIES, ttl: WINDOW_MS, ttlAutopurge: false });
+  private readonly failures: LRUCache<string, Window>;
 
   constructor(
     private readonly settings: LimitSettings,
     private readonly metrics: Pick<Metrics, 'refusals'>,
-  ) {}
+  ) {
+    this.failures = new LRUCache<string, Window>({ max: settings.throttleEntries ?? THROTTLE_ENTRIES, ttl: WINDOW_MS, ttlAutopurge: false });
+  }
+
+  /** Addresses the throttle currently remembers. */
+  get remembered(): number {
+    return this.failures.size;
+  }
 
   /** Refuses, before any ticket work, an address past FAILED_UPGRADES_PER_MINUTE. */
   checkThrottle(client: string): void {

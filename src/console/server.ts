@@ -8,15 +8,17 @@ import type { Config } from '../config.js';
 import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
 import { LiveRegistry } from './live-registry.js';
+import { pageConfigOf } from './page-config.js';
 import { Screenshots } from '../control/screenshot.js';
 import { handleApi, sendJson } from '../control/control-api.js';
 import type { Store } from '../db/open.js';
-import type { SessionRow } from '../db/schema.js';
+import type { CleanupOutcome } from '../fleet/cleanup.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
 import { createWsProxy } from './proxy-upgrade.js';
 import { serveStatic } from './static.js';
 import { consolePageHeaders } from './page-policy.js';
+import { handleOps } from '../ops/ops-endpoints.js';
 import type { Tickets } from './ticket.js';
 import { clientErrorAnswer, selectProtocol, writeHttpError } from './handshake.js';
 import { createUpgradeHandler } from './upgrade.js';
@@ -29,7 +31,8 @@ export interface GatewayOptions {
   tickets: Tickets;
   metrics: Metrics;
   log: Logger;
-  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
+  /** Cleans a session the API stopped (teardown hook, port release). */
+  cleanup: (id: string, reason?: string) => Promise<CleanupOutcome>;
 }
 
 export interface Gateway {
@@ -42,7 +45,6 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-const READY_PING_TIMEOUT_MS = 2_000;
 const CLOSE_GRACE_MS = 1_000;
 
 /** Starts listening on config.host:config.port (0 = any free port; read `url` for the real one). */
@@ -65,21 +67,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   const proxy = createWsProxy();
   const pageHeaders = consolePageHeaders(config.edge.frameAncestors);
+  const opsDeps = { store, metrics, metricsToken: config.edge.metricsToken, isDraining: () => draining };
   const registry = new LiveRegistry(store.db, store.events, consoles, log);
   const publicUrl = (req: IncomingMessage) => config.publicUrl ?? `http://${req.headers.host ?? `localhost:${config.port}`}`;
   const screenshots = new Screenshots(config, store.db);
-  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, ...(options.teardown ? { teardown: options.teardown } : {}) };
+  const apiDeps = { config, db: store.db, tickets, publicUrl, screenshots, fleetMetrics: metrics.fleet, cleanup: options.cleanup };
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     try {
-      if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
-      if (path === '/readyz') return await readyz(res);
-      if (path === '/metrics') {
-        res.writeHead(200, { 'Content-Type': metrics.registry.contentType });
-        return void res.end(await metrics.registry.metrics());
-      }
+      if (await handleOps(opsDeps, req, res, path)) return;
       if (path.startsWith('/api/v1/')) return await handleApi(apiDeps, req, res, path);
+      if (path === '/console/config.json') return sendJson(res, 200, pageConfigOf(config, req));
       if (await serveStatic(req, res, path, pageHeaders)) return;
       if (path === '/websockify') throw new GatewayError('BAD_REQUEST', 'this path only takes WebSocket upgrades');
       throw new GatewayError('NOT_FOUND', 'not found');
@@ -89,19 +88,6 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       log[failure.level]({ method: req.method, path, code: failure.code, ...(failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {}) }, failure.message);
       if (res.headersSent) return void res.destroy();
       sendJson(res, failure.status, { error: { code: failure.code, message: failure.message } });
-    }
-  }
-
-  async function readyz(res: ServerResponse): Promise<void> {
-    if (draining) return sendJson(res, 503, { status: 'draining' });
-    try {
-      await Promise.race([
-        store.ping(),
-        new Promise((_, reject) => setTimeout(() => reject(new Error('database ping timed out')), READY_PING_TIMEOUT_MS).unref()),
-      ]);
-      sendJson(res, 200, { status: 'ready', database: store.kind });
-    } catch {
-      sendJson(res, 503, { status: 'database unreachable', database: store.kind });
     }
   }
 

@@ -4,6 +4,8 @@
 // 0x7f000001 or 127.1 only show their real address after resolution.
 import { BlockList, isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
+import type { Protocol } from '../db/schema.js';
+import { isSocketTarget, type Target } from '../db/sessions.js';
 import { GatewayError } from '../errors.js';
 
 interface Cidr {
@@ -96,9 +98,17 @@ export async function resolveTarget(host: string, allowed: CidrList, resolve: Re
   return unmap(addresses[0]!);
 }
 
-/** Validates the shape of a target before it is stored: host name or literal, port, optional path. */
-export function validateTargetShape(target: { host?: unknown; port?: unknown; path?: unknown }): { host: string; port: number; path: string | null } {
-  const { host, port, path } = target;
+// sun_path holds 108 bytes on Linux, the terminating NUL included.
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Validates the shape of a target before it is stored: `{host, port, path?, webRoot?}` or
+ * `{socket}`. What suits the session's protocol is checkProtocolFit's; where the target may
+ * point, vm-endpoint.ts's.
+ */
+export function validateTargetShape(target: Record<string, unknown>): Target {
+  if (target.socket !== undefined) return socketShape(target);
+  const { host, port, path, webRoot } = target;
   if (typeof host !== 'string' || host.length === 0 || host.length > 253 || !/^[A-Za-z0-9.:\-_[\]%]+$/.test(host)) {
     throw new GatewayError('BAD_REQUEST', 'target.host must be a host name or IP address');
   }
@@ -108,5 +118,26 @@ export function validateTargetShape(target: { host?: unknown; port?: unknown; pa
   if (path !== undefined && path !== null && (typeof path !== 'string' || path.length > 1024 || !/^\/?[\x21-\x7e]*$/.test(path))) {
     throw new GatewayError('BAD_REQUEST', 'target.path must be a URL path without spaces');
   }
-  return { host, port, path: typeof path === 'string' && path !== '' ? path : null };
+  if (webRoot !== undefined && typeof webRoot !== 'boolean') throw new GatewayError('BAD_REQUEST', 'target.webRoot must be true or false');
+  return { host, port, path: typeof path === 'string' && path !== '' ? path : null, ...(webRoot !== undefined ? { webRoot } : {}) };
+}
+
+function socketShape(target: Record<string, unknown>): Target {
+  const { socket } = target;
+  const mixed = ['host', 'port', 'path', 'webRoot'].filter((key) => target[key] !== undefined && target[key] !== null);
+  if (mixed.length > 0) throw new GatewayError('BAD_REQUEST', `target.socket stands alone: drop target.${mixed.join(', target.')}`);
+  if (typeof socket !== 'string' || !socket.startsWith('/') || Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES || /[\0\n\r]/.test(socket)) {
+    throw new GatewayError('BAD_REQUEST', `target.socket must be an absolute path of at most ${MAX_SOCKET_PATH_BYTES} bytes`);
+  }
+  return { socket };
+}
+
+/** A unix socket is for `vnc` sessions, `webRoot` for `websockify` ones. */
+export function checkProtocolFit(target: Target, protocol: Protocol): void {
+  if (isSocketTarget(target) && protocol !== 'vnc') {
+    throw new GatewayError('BAD_REQUEST', 'a unix-socket target needs a vnc session; websockify targets take host and port');
+  }
+  if (!isSocketTarget(target) && target.webRoot !== undefined && protocol !== 'websockify') {
+    throw new GatewayError('BAD_REQUEST', 'target.webRoot applies to websockify targets only');
+  }
 }

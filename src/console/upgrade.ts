@@ -13,6 +13,7 @@ import type { Config } from '../config.js';
 import { databaseUnavailable } from '../db/failures.js';
 import type { Store } from '../db/open.js';
 import type { SessionRow } from '../db/schema.js';
+import { isSocketTarget, targetOf } from '../db/sessions.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
 import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
@@ -23,10 +24,10 @@ import { passThrough } from './pass-through.js';
 import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
 import { dial } from './dial.js';
+import { checkTarget, rulesOf } from './vm-endpoint.js';
 import { checkOrigin, handshakeProblem, pathOf, ticketOf, writeHttpError } from './handshake.js';
 import { clientAddress } from './client-address.js';
 import type { Limits } from './limits.js';
-import { resolveTarget } from './target.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
@@ -120,10 +121,8 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     }
 
     const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
-    const vm = await phase(
-      'dial',
-      async () => dial(await resolveTarget(session.target_host!, config.targetAllowedCidrs), session.target_port!, config.connectTimeoutSeconds * 1000, waiting.signal),
-    );
+    const target = targetOf(session)!;
+    const vm = await phase('dial', async () => dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal));
     if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
     // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
     const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
@@ -133,9 +132,9 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     socket.off('close', browserGone);
     try {
       let running: Promise<void>;
-      if (session.protocol === 'websockify') {
-        const hostHeader = `${session.target_host}:${session.target_port}`;
-        const path = session.target_path ?? '/';
+      if (session.protocol === 'websockify' && !isSocketTarget(target)) {
+        const hostHeader = `${target.host}:${target.port}`;
+        const path = target.path ?? '/';
         await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
         answered = true;
         running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });

@@ -1,9 +1,9 @@
-// The bounded wait for a session's VM address (seed problem 2: the browser's WebSocket arrives
-// before the backend has committed the VM IP). Woken at once by the database trigger's NOTIFY;
+// The bounded wait for a session's VM address: the browser's WebSocket often arrives before the
+// backend has committed the VM's IP, and must wait for it rather than fail. Woken at once by the database trigger's NOTIFY;
 // polling with backoff covers a lost notification or a LISTEN connection that is reconnecting.
 import type { Kysely } from 'kysely';
 import { GatewayError } from '../errors.js';
-import { getSession, isEnded } from '../db/sessions.js';
+import { getSession, isEnded, targetOf } from '../db/sessions.js';
 import type { SessionEvents } from '../db/events.js';
 import type { Database, SessionRow } from '../db/schema.js';
 
@@ -22,7 +22,7 @@ const POLL_MIN_MS = 500;
 const POLL_MAX_MS = 4_000;
 
 export function isConnectable(row: SessionRow, gatingEnabled: boolean): boolean {
-  if (row.target_host === null || row.target_port === null) return false;
+  if (targetOf(row) === null) return false;
   return row.status === 'ready' || (!gatingEnabled && row.status === 'provisioning');
 }
 
@@ -65,7 +65,7 @@ export async function waitForSession(
       if (isConnectable(row, gatingEnabled)) return row;
       const remaining = deadline - Date.now();
       if (remaining <= 0) {
-        const what = row.target_host === null ? 'the VM address was not committed' : 'the console did not become ready';
+        const what = targetOf(row) === null ? 'the VM address was not committed' : 'the console did not become ready';
         throw new GatewayError('WAIT_TIMEOUT', `${what} within ${Math.round(budgetMs / 1000)} s; try again`);
       }
       signal?.throwIfAborted();

@@ -3,22 +3,23 @@
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
-import { portOf } from '../db/ports.js';
-import type { Database, Protocol, SessionRow } from '../db/schema.js';
-import { commitTarget, createSession, isUuid, requireSession, setTargetCredentials, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
+import type { Database, Protocol } from '../db/schema.js';
+import { commitTarget, createSession, isSocketTarget, isUuid, requireSession, setTargetCredentials, stopSession, viewOf, type SessionView, type Target } from '../db/sessions.js';
 import { sealCredentials, validateCredentials } from '../console/credentials.js';
 import { GatewayError } from '../errors.js';
-import { resolveTarget, validateTargetShape, type Resolver } from '../console/target.js';
+import { checkProtocolFit, validateTargetShape, type Resolver } from '../console/target.js';
+import { checkTarget, rulesOf } from '../console/vm-endpoint.js';
 import type { Tickets } from '../console/ticket.js';
 import type { FleetMetrics } from '../ops/fleet-metrics.js';
 import { countConsoles, kickConsoles } from '../db/live-consoles.js';
+import type { CleanupOutcome } from '../fleet/cleanup.js';
 
 export interface ControlDeps {
   config: Config;
   db: Kysely<Database>;
   tickets: Tickets;
-  /** Best-effort runtime teardown after a stop (the runtime hook); never throws. */
-  teardown?: (row: SessionRow, port: number | undefined) => Promise<void>;
+  /** Cleans a stopped session (teardown hook, port release, exactly once); never throws for a failed hook. */
+  cleanup: (id: string, reason?: string) => Promise<CleanupOutcome>;
   resolver?: Resolver;
   fleetMetrics?: FleetMetrics;
 }
@@ -40,10 +41,18 @@ export function requireId(id: string): string {
   return id.toLowerCase();
 }
 
-/** Validates and checks a target against TARGET_ALLOWED_CIDRS (every resolved address). */
+/**
+ * Validates a target and checks where it points: every resolved address against
+ * TARGET_ALLOWED_CIDRS, a socket path against TARGET_ALLOWED_SOCKET_DIRS. Checked again at every
+ * dial; a socket that does not exist yet is fine here (the VM may not have started).
+ */
 async function checkedTarget(deps: ControlDeps, raw: unknown): Promise<Target> {
   const target = validateTargetShape(objectBody(raw));
-  await resolveTarget(target.host, deps.config.targetAllowedCidrs, deps.resolver);
+  try {
+    await checkTarget(target, rulesOf(deps.config, deps.resolver));
+  } catch (error) {
+    if (!(error instanceof GatewayError && error.code === 'DIAL_FAILED' && isSocketTarget(target))) throw error;
+  }
   return target;
 }
 
@@ -79,6 +88,7 @@ export async function createSessionOp(deps: ControlDeps, rawBody: unknown): Prom
   const parts = target === undefined || target === null ? undefined : withoutCredentials(target);
   const sealed = parts === undefined ? undefined : sealedFrom(deps, sessionId, protocol, parts.credentials);
   const checked = parts === undefined ? null : await checkedTarget(deps, parts.target);
+  if (checked !== null) checkProtocolFit(checked, protocol);
   const input = { id: sessionId, protocol: protocol as Protocol, ownerId: (ownerId as string | undefined) ?? null, target: checked, gatingEnabled: deps.config.readyGatingEnabled };
   if (sealed === undefined) return viewOf(await createSession(deps.db, input));
   // One transaction: the trigger's NOTIFY goes out on commit, when the credentials are there too.
@@ -103,23 +113,27 @@ export async function closeConsolesOp(deps: ControlDeps, id: string): Promise<{ 
 /** Commits the target; its credentials replace the stored ones (none given: none stored). */
 export async function commitTargetOp(deps: ControlDeps, id: string, rawBody: unknown): Promise<SessionView> {
   const { target: body, credentials } = withoutCredentials(rawBody);
-  rejectUnknown(body, ['host', 'port', 'path']);
+  rejectUnknown(body, ['host', 'port', 'path', 'webRoot', 'socket']);
   const sessionId = requireId(id);
   const target = await checkedTarget(deps, body);
-  const sealed = credentials === undefined || credentials === null ? null : (sealedFrom(deps, sessionId, (await requireSession(deps.db, sessionId)).protocol, credentials) ?? null);
+  const session = await requireSession(deps.db, sessionId);
+  checkProtocolFit(target, session.protocol);
+  const sealed = credentials === undefined || credentials === null ? null : (sealedFrom(deps, session.id, session.protocol, credentials) ?? null);
   return viewOf(await deps.db.transaction().execute(async (tx) => {
-    await commitTarget(tx, sessionId, target, deps.config.readyGatingEnabled);
-    return setTargetCredentials(tx, sessionId, sealed);
+    await commitTarget(tx, session.id, target, deps.config.readyGatingEnabled);
+    return setTargetCredentials(tx, session.id, sealed);
   }));
 }
 
-/** Stops the session (live consoles on every replica close through the NOTIFY), then tears down. */
+/**
+ * Stops the session (live consoles on every replica close through the NOTIFY), then cleans it:
+ * teardown hook and port release. Stopping a stopped session cleans it if nothing has yet.
+ */
 export async function stopSessionOp(deps: ControlDeps, id: string): Promise<SessionView> {
   const sessionId = requireId(id);
-  const port = await portOf(deps.db, sessionId);
-  const row = await stopSession(deps.db, sessionId);
-  await deps.teardown?.(row, port);
-  return viewOf(row);
+  await stopSession(deps.db, sessionId);
+  await deps.cleanup(sessionId);
+  return viewOf(await requireSession(deps.db, sessionId));
 }
 
 export interface TicketView {

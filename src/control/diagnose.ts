@@ -5,8 +5,9 @@
 import type { Kysely } from 'kysely';
 import type { Config } from '../config.js';
 import { portOf } from '../db/ports.js';
+import { listAudit } from '../db/audit.js';
 import type { Database } from '../db/schema.js';
-import { requireSession, targetOf } from '../db/sessions.js';
+import { describeTarget, requireSession, targetOf } from '../db/sessions.js';
 import { probeSession, storedCredentials, type ProbeResult } from '../fleet/probe.js';
 import { redactOwner, redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 import { hookSessionOf, secretsOf, type HookResult, type RuntimeHook } from '../fleet/runtime-hook.js';
@@ -45,11 +46,12 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
   } else {
     const result = await probeSession(target, row.protocol, {
       allowed: config.targetAllowedCidrs,
+      socketDirs: config.targetAllowedSocketDirs,
       readyPaths: config.readyPaths,
       attemptTimeoutMs: deps.probeTimeoutMs ?? 2_000,
       ...storedCredentials(row, config),
     });
-    probe = { ...result, ...(result.ok ? {} : { reason: scrub(result.reason) }), target: `${target.host}:${target.port}${target.path ?? ''}` };
+    probe = { ...result, ...(result.ok ? {} : { reason: scrub(result.reason) }), target: describeTarget(target) };
   }
 
   let runtime: HookResult | { skipped: string };
@@ -79,6 +81,15 @@ export async function diagnose(deps: DiagnoseDeps, id: string): Promise<Diagnosi
         readyAt: iso(row.ready_at),
         finishedAt: iso(row.finished_at),
       },
+      // What the fleet did about it: cleanup state and the latest audit rows, newest first.
+      cleanup: {
+        reason: row.cleanup_reason,
+        completedAt: iso(row.cleanup_completed_at),
+        attempts: row.cleanup_attempts,
+        error: row.cleanup_error === null ? null : truncate(scrub(row.cleanup_error), KEEP_CHARS),
+        unreachableProbes: row.unreachable_probes,
+      },
+      audit: (await listAudit(db, { sessionId: row.id, limit: 10 })).map((a) => ({ ...a, reason: scrub(a.reason) })),
       // The ticket is minted per visit by the platform; a real one never belongs in a report.
       expectedConsoleUrl: `${base}/console?ticket=<minted by your platform>`,
       probe,

@@ -13,10 +13,10 @@ import { dial } from '../console/dial.js';
 import { authenticateVm } from '../console/rfb-auth.js';
 import { captureFrame, scaleDown, type Frame } from '../console/rfb-capture.js';
 import { bounded, socketIo, webSocketIo, type RfbIo } from '../console/rfb-io.js';
-import { resolveTarget } from '../console/target.js';
+import { checkTarget, rulesOf, type VmEndpoint } from '../console/vm-endpoint.js';
 import { isConnectable } from '../console/wait.js';
 import type { Database, SessionRow } from '../db/schema.js';
-import { requireSession } from '../db/sessions.js';
+import { requireSession, targetOf } from '../db/sessions.js';
 import { GatewayError } from '../errors.js';
 
 export interface ScreenshotLimits {
@@ -61,11 +61,12 @@ export class Screenshots {
     const { config, limits } = this;
     const deadline = AbortSignal.timeout(limits.timeoutMs);
     const credentials = openCredentials(config.credentialsKey, row.id, row.target_credentials);
-    const address = await resolveTarget(row.target_host!, config.targetAllowedCidrs);
+    const endpoint = await checkTarget(targetOf(row)!, rulesOf(config));
+    const connectMs = Math.min(limits.timeoutMs, config.connectTimeoutSeconds * 1000);
     const { io, cancel } =
-      row.protocol === 'websockify'
-        ? await openWebSocket(address, row, Math.min(limits.timeoutMs, config.connectTimeoutSeconds * 1000))
-        : await openTcp(address, row.target_port!, Math.min(limits.timeoutMs, config.connectTimeoutSeconds * 1000), deadline);
+      row.protocol === 'websockify' && 'host' in endpoint
+        ? await openWebSocket(endpoint.host, row, connectMs)
+        : await openVnc(endpoint, connectMs, deadline);
     try {
       return await bounded(
         async () => {
@@ -86,8 +87,8 @@ export class Screenshots {
   }
 }
 
-async function openTcp(address: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<{ io: RfbIo; cancel(): void }> {
-  const vm = await dial(address, port, timeoutMs, signal);
+async function openVnc(endpoint: VmEndpoint, timeoutMs: number, signal: AbortSignal): Promise<{ io: RfbIo; cancel(): void }> {
+  const vm = await dial(endpoint, timeoutMs, signal);
   return { io: socketIo(vm), cancel: () => vm.destroy() };
 }
 

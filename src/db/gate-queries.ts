@@ -24,8 +24,8 @@ export interface Claim {
 
 const ms = (n: number) => sql<Date>`now() + ${Math.round(n)} * interval '1 millisecond'`;
 
-export const targetKey = (row: Pick<SessionRow, 'target_host' | 'target_port' | 'target_path'>): string =>
-  `${row.target_host}:${row.target_port}${row.target_path ?? ''}`;
+export const targetKey = (row: Pick<SessionRow, 'target_host' | 'target_port' | 'target_path' | 'target_socket'>): string =>
+  row.target_socket !== null ? `unix:${row.target_socket}` : `${row.target_host}:${row.target_port}${row.target_path ?? ''}`;
 
 /**
  * Claims up to `limit` provisioning sessions whose lease is free or expired, for `owner`, with a
@@ -36,7 +36,8 @@ export async function claimProvisioning(db: Kysely<Database>, owner: string, lea
   return db.transaction().execute(async (tx) => {
     const { rows } = await sql<SessionRow & { db_now: Date }>`
       select *, now() as db_now from console_sessions
-      where status = 'provisioning' and target_host is not null and target_port is not null
+      where status = 'provisioning'
+        and ((target_host is not null and target_port is not null) or target_socket is not null)
         and (probe_lease_until is null or probe_lease_until < now())
       order by updated_at
       limit ${limit}

@@ -160,6 +160,48 @@ const migrations: Record<string, Migration> = {
       await sql`create index console_audit_created_at on console_audit (created_at)`.execute(db);
     },
   },
+  // Targets beyond host and port: a `vnc` target on a unix socket, and websockify targets that
+  // serve no noVNC pages. The socket's bookkeeping (provisioning, deadline, wake-up) lives in
+  // triggers of its own beside the ones above, so neither needs to know about the other.
+  '2026-12-01-03-targets': {
+    async up(db: Kysely<any>) {
+      await sql`alter table console_sessions add column target_socket text`.execute(db);
+      await sql`alter table console_sessions add column target_web_root boolean not null default true`.execute(db);
+      await sql`
+        alter table console_sessions add constraint console_sessions_socket_target check (
+          target_socket is null
+          or (left(target_socket, 1) = '/' and protocol = 'vnc'
+              and target_host is null and target_port is null and target_path is null))`.execute(db);
+      // Runs before console_sessions_touch (triggers fire in name order), which then sees the
+      // session provisioning and starts its deadline as for an address.
+      await sql`
+        create function console_sessions_socket_target() returns trigger language plpgsql as $$
+        begin
+          if new.target_socket is not null and new.status = 'pending' then
+            new.status := 'provisioning';
+          end if;
+          if tg_op = 'UPDATE' and new.status = 'provisioning'
+             and new.target_socket is distinct from old.target_socket then
+            new.provisioning_since := now();
+          end if;
+          return new;
+        end $$`.execute(db);
+      await sql`
+        create trigger console_sessions_socket_target before insert or update on console_sessions
+        for each row execute function console_sessions_socket_target()`.execute(db);
+      await sql`
+        create function console_sessions_notify_socket() returns trigger language plpgsql as $$
+        begin
+          if new.target_socket is distinct from old.target_socket then
+            perform pg_notify('console_session', new.id::text || ':' || new.status);
+          end if;
+          return null;
+        end $$`.execute(db);
+      await sql`
+        create trigger console_sessions_notify_socket after update on console_sessions
+        for each row execute function console_sessions_notify_socket()`.execute(db);
+    },
+  },
   // Stored VNC credentials (sealed with CREDENTIALS_KEY; the column never holds a password in the
   // clear) and the live-console registry every replica writes, so exclusive consoles, takeover and
   // the live count work across replicas. A crashed replica stops renewing its rows: they expire.

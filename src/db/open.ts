@@ -18,7 +18,18 @@ export interface Store {
   readonly events: SessionEvents;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /** True while the LISTEN connection is up, false while it is re-established; undefined without one (no `listen`, embedded). */
+  listenUp(): boolean | undefined;
+  /** The connection pool's counts (PostgreSQL only). */
+  poolStats(): PoolStats | undefined;
   close(): Promise<void>;
+}
+
+export interface PoolStats {
+  total: number;
+  idle: number;
+  /** Queries queued for a free connection. */
+  waiting: number;
 }
 
 export interface StoreOptions {
@@ -67,6 +78,8 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
   const store: Store = {
     db,
     kind: 'postgres',
+    listenUp: () => (listen ? listening.up : undefined),
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     events,
     ping: async () => void (await sql`select 1`.execute(db)),
     close: async () => {
@@ -75,21 +88,31 @@ async function openPostgres(url: string, { log, listen = false }: StoreOptions):
     },
   };
   const stopListening = new AbortController();
+  const listening = { up: false };
   try {
     await store.ping();
   } catch (error) {
     await db.destroy().catch(() => {});
     throw new Error(`database unreachable: ${describeDbError(error)}`, { cause: error });
   }
-  if (listen) void listenForever(connection, events, log, stopListening.signal);
+  if (listen) void listenForever({ connection, events, log, signal: stopListening.signal, state: listening });
   return store;
+}
+
+interface ListenOptions {
+  connection: pg.ClientConfig;
+  events: SessionEvents;
+  log: Logger;
+  signal: AbortSignal;
+  /** `up` while LISTEN is in place, for /readyz and console_gateway_db_listen_up. */
+  state: { up: boolean };
 }
 
 /**
  * Holds one LISTEN connection, re-established with capped exponential backoff whenever it drops;
  * each (re)connect emits 'resync' so waiters re-read state they might have missed.
  */
-async function listenForever(connection: pg.ClientConfig, events: SessionEvents, log: Logger, signal: AbortSignal): Promise<void> {
+async function listenForever({ connection, events, log, signal, state }: ListenOptions): Promise<void> {
   let backoff = LISTEN_BACKOFF_MIN_MS;
   while (!signal.aborted) {
     const client = new pg.Client(connection);
@@ -106,15 +129,18 @@ async function listenForever(connection: pg.ClientConfig, events: SessionEvents,
       await client.connect();
       await client.query(`listen ${SESSION_CHANNEL}; listen ${CONTROL_CHANNEL}`);
       backoff = LISTEN_BACKOFF_MIN_MS;
+      state.up = true;
       events.emit('resync');
       // A silently dead TCP connection delivers no notifications and no error: probe it.
       health = setInterval(() => client.query('select 1').catch((error) => client.emit('error', error)), LISTEN_HEALTH_INTERVAL_MS);
       health.unref();
       const error = await ended;
+      state.up = false;
       if (error !== undefined && !signal.aborted) log.warn({ err: error }, 'database LISTEN connection lost; reconnecting');
     } catch (error) {
       if (!signal.aborted) log.warn({ err: error, retryInMs: backoff }, 'database LISTEN connection failed; retrying');
     } finally {
+      state.up = false;
       clearInterval(health);
       client.removeAllListeners('notification');
       await client.end().catch(() => {});
@@ -149,6 +175,9 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   return {
     db,
     kind: 'embedded',
+    // PGlite's notifications come from inside this process: there is no LISTEN connection to lose.
+    listenUp: () => undefined,
+    poolStats: () => undefined,
     events,
     ping: async () => void (await sql`select 1`.execute(db)),
     close: async () => {

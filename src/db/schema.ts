@@ -15,6 +15,10 @@ export interface ConsoleSessionsTable {
   target_host: string | null;
   target_port: number | null;
   target_path: string | null;
+  /** A `vnc` target on a unix socket instead of host and port (an absolute path). */
+  target_socket: string | null;
+  /** False: a websockify target that serves no noVNC pages, so the gate skips the HTTP step. */
+  target_web_root: Generated<boolean>;
   failure_reason: string | null;
   // jsonb: objects come back parsed; callers write JSON text.
   diagnostics: ColumnType<unknown, string | null | undefined, string | null>;

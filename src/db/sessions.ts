@@ -5,13 +5,30 @@ import type { Kysely } from 'kysely';
 import { GatewayError } from '../errors.js';
 import type { Database, Protocol, SessionRow, SessionStatus } from './schema.js';
 
-export interface Target {
+/** A VM's console on an address: a VNC port, or a websockify endpoint (with `path` and `webRoot`). */
+export interface AddressTarget {
   host: string;
   port: number;
   path: string | null;
+  /** websockify only: false when the endpoint serves no noVNC pages (the gate skips the HTTP step). */
+  webRoot?: boolean;
 }
 
-/** A session as the API and CLI answer it (DESIGN.md "Sessions"). */
+/** A VM's VNC server on a unix socket on the gateway's host. */
+export interface SocketTarget {
+  socket: string;
+}
+
+export type Target = AddressTarget | SocketTarget;
+
+export const isSocketTarget = (target: Target): target is SocketTarget => 'socket' in target;
+
+/** One line for logs and reports: `host:port/path` or `unix:/path`. */
+export function describeTarget(target: Target): string {
+  return isSocketTarget(target) ? `unix:${target.socket}` : `${target.host}:${target.port}${target.path ?? ''}`;
+}
+
+/** A session as the API and CLI answer it (README "HTTP surface"). */
 export interface SessionView {
   id: string;
   status: SessionStatus;
@@ -22,6 +39,9 @@ export interface SessionView {
   readyAt: string | null;
   finishedAt: string | null;
   failureReason: string | null;
+  /** Why the ended session was cleaned (stopped, failed, pending_timeout, provisioning_abandoned, orphaned_resource). */
+  cleanupReason: string | null;
+  cleanupCompletedAt: string | null;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -33,9 +53,22 @@ export function isUuid(value: unknown): value is string {
 const iso = (d: Date | string | null): string | null => (d === null ? null : new Date(d).toISOString());
 
 export function targetOf(row: SessionRow): Target | null {
-  return row.target_host === null || row.target_port === null
-    ? null
-    : { host: row.target_host, port: row.target_port, path: row.target_path };
+  if (row.target_socket !== null) return { socket: row.target_socket };
+  if (row.target_host === null || row.target_port === null) return null;
+  const target = { host: row.target_host, port: row.target_port, path: row.target_path };
+  return row.protocol === 'websockify' ? { ...target, webRoot: row.target_web_root } : target;
+}
+
+/** The columns a target is stored in; every one is written, so a new target replaces the old. */
+export function targetColumns(target: Target | null) {
+  const address = target === null || isSocketTarget(target) ? undefined : target;
+  return {
+    target_host: address?.host ?? null,
+    target_port: address?.port ?? null,
+    target_path: address?.path ?? null,
+    target_socket: target !== null && isSocketTarget(target) ? target.socket : null,
+    target_web_root: address?.webRoot ?? true,
+  };
 }
 
 export function viewOf(row: SessionRow): SessionView {
@@ -49,6 +82,8 @@ export function viewOf(row: SessionRow): SessionView {
     readyAt: iso(row.ready_at),
     finishedAt: iso(row.finished_at),
     failureReason: row.failure_reason,
+    cleanupReason: row.cleanup_completed_at === null ? null : row.cleanup_reason,
+    cleanupCompletedAt: iso(row.cleanup_completed_at),
   };
 }
 
@@ -88,9 +123,7 @@ export async function createSession(db: Kysely<Database>, input: NewSession): Pr
       id,
       protocol: input.protocol,
       owner_id: input.ownerId ?? null,
-      target_host: target?.host ?? null,
-      target_port: target?.port ?? null,
-      target_path: target?.path ?? null,
+      ...targetColumns(target),
       ...(target !== null && !input.gatingEnabled ? { status: 'ready' as const } : {}),
     })
     .onConflict((oc) => oc.column('id').doNothing())
@@ -105,13 +138,14 @@ export async function commitTarget(db: Kysely<Database>, id: string, target: Tar
   const row = await db
     .updateTable('console_sessions')
     .set({
-      target_host: target.host,
-      target_port: target.port,
-      target_path: target.path,
+      ...targetColumns(target),
       status: gatingEnabled ? 'provisioning' : 'ready',
       ready_at: null,
       probe_owner: null,
       probe_lease_until: null,
+      // A new address starts the reconciler's counts afresh.
+      unreachable_probes: 0,
+      missing_resource_passes: 0,
     })
     .where('id', '=', id)
     .where('status', 'not in', ['stopped', 'failed'])
@@ -145,8 +179,14 @@ export async function markReady(db: Kysely<Database>, id: string, probed: Target
     .set({ status: 'ready', probe_owner: null, probe_lease_until: null })
     .where('id', '=', id)
     .where('status', '=', 'provisioning')
-    .where('target_host', '=', probed.host)
-    .where('target_port', '=', probed.port)
+    .where((eb) => {
+      const columns = targetColumns(probed);
+      return eb.and([
+        eb('target_host', 'is not distinct from', columns.target_host),
+        eb('target_port', 'is not distinct from', columns.target_port),
+        eb('target_socket', 'is not distinct from', columns.target_socket),
+      ]);
+    })
     .returningAll()
     .executeTakeFirst();
 }
@@ -156,4 +196,19 @@ export async function setTargetCredentials(db: Kysely<Database>, id: string, sea
   const row = await db.updateTable('console_sessions').set({ target_credentials: sealed }).where('id', '=', id).returningAll().executeTakeFirst();
   if (row === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
   return row;
+}
+
+/**
+ * Provisioning → ready for every session with a committed target (readiness gating disabled).
+ * Conditioned on the status, so of several replicas racing only one promotes a session.
+ */
+export async function promoteProvisioning(db: Kysely<Database>): Promise<string[]> {
+  const rows = await db
+    .updateTable('console_sessions')
+    .set({ status: 'ready', probe_owner: null, probe_lease_until: null })
+    .where('status', '=', 'provisioning')
+    .where((eb) => eb.or([eb.and([eb('target_host', 'is not', null), eb('target_port', 'is not', null)]), eb('target_socket', 'is not', null)]))
+    .returning('id')
+    .execute();
+  return rows.map((r) => r.id);
 }

@@ -33,7 +33,7 @@ export async function runDemo(
   const stopEnter = () => {};
   let unsubscribe = stopEnter;
   try {
-    const deps = { config, db: running.store.db, tickets: running.tickets };
+    const deps = running.control;
     const session = await createSessionOp(deps, { protocol: 'vnc', ownerId: 'demo', target: { host: '127.0.0.1', port: vnc.port } });
     await waitForSession(running.store.db, running.store.events, session.id, {
       budgetMs: DEMO_READY_BUDGET_MS,

@@ -1,4 +1,4 @@
-// The readiness gate (seed problem 1: consoles marked READY before VNC was reachable). Every
+// The readiness gate, so a console is never marked ready before its VNC server answers. Every
 // `provisioning` session is probed until it speaks or its deadline passes: success → `ready` (the
 // NOTIFY trigger wakes waiting upgrades), timeout → `failed` with a one-line reason, diagnostics
 // from the runtime hook, a best-effort teardown and its port released. Any number of gate
@@ -14,11 +14,14 @@ import type { SessionEvents } from '../db/events.js';
 import { claimProvisioning, failProvisioning, releaseLeases, renewLease, targetKey, type Claim, type ProbeState } from '../db/gate-queries.js';
 import { portOf } from '../db/ports.js';
 import type { Database, SessionRow } from '../db/schema.js';
-import { markReady, targetOf, type Target } from '../db/sessions.js';
+import { isSocketTarget, markReady, targetOf, type Target } from '../db/sessions.js';
 import type { Metrics } from '../ops/metrics.js';
 import { probeSession, storedCredentials, type ProbeResult } from './probe.js';
 import { redactOwner, truncate } from '../ops/redact.js';
+import { startPromoter } from './promote.js';
 import { hookSessionOf, type RuntimeHook } from './runtime-hook.js';
+import { claimMsFor, cleanupSession } from './cleanup.js';
+import { actorName } from '../db/audit.js';
 
 export interface GateDeps {
   db: Kysely<Database>;
@@ -54,13 +57,10 @@ interface Attempt {
   elapsedMs: number;
 }
 
-/** Starts the gate; with NOVNC_READY_GATING_ENABLED=false it does nothing (targets are ready when committed). */
+/** Starts the gate; with NOVNC_READY_GATING_ENABLED=false it only promotes committed targets to ready. */
 export function startGate(deps: GateDeps): Gate {
   const { db, events, config } = deps;
-  if (!config.readyGatingEnabled) {
-    deps.log.child({ component: 'gate' }).info('readiness gating disabled (NOVNC_READY_GATING_ENABLED=false): committed targets are connectable at once');
-    return { stop: async () => {} };
-  }
+  if (!config.readyGatingEnabled) return startPromoter(deps);
   const timings = { ...DEFAULT_TIMINGS, ...deps.timings };
   const owner = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
   const log = deps.log.child({ component: 'gate', gate: owner });
@@ -166,10 +166,19 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
     if (signal.aborted) return;
     if (Date.now() >= renewAt && !(await renew())) return log.debug('session left provisioning or its lease moved on; probing stopped');
 
-    last = await probeSession(target, row.protocol, { allowed: config.targetAllowedCidrs, readyPaths: config.readyPaths, attemptTimeoutMs, signal, ...storedCredentials(row, config) });
+    last = await probeSession(target, row.protocol, {
+      allowed: config.targetAllowedCidrs,
+      socketDirs: config.targetAllowedSocketDirs,
+      readyPaths: config.readyPaths,
+      attemptTimeoutMs,
+      signal,
+      ...storedCredentials(row, config),
+    });
     if (signal.aborted) return;
     attempts++;
     metrics?.probes.labels(last.ok ? 'ok' : 'failed').inc();
+    metrics?.probeSeconds.observe({ result: last.ok ? 'ok' : 'failed' }, last.elapsedMs / 1000);
+    if (!last.ok) metrics?.probeFailures.inc({ kind: last.kind });
     history.push({ at: new Date().toISOString(), ok: last.ok, ...(last.ok ? {} : { reason: last.reason }), elapsedMs: last.elapsedMs });
     if (history.length > HISTORY) history.shift();
 
@@ -178,7 +187,7 @@ async function probeUntilDecided(deps: GateDeps, timings: GateTimings, owner: st
       if (ready !== undefined) {
         metrics?.sessionTransitions.labels('ready').inc();
         log.info(
-          { port: target.port, protocol: row.protocol, attempts, elapsedMs: Math.round(Date.now() - committedAt), probeMs: last.elapsedMs },
+          { ...logged(target), protocol: row.protocol, attempts, elapsedMs: Math.round(Date.now() - committedAt), probeMs: last.elapsedMs },
           `readiness probe succeeded: session ready (elapsed ${((Date.now() - committedAt) / 1000).toFixed(1)} s)`,
         );
         return;
@@ -236,7 +245,7 @@ async function failAndTeardown(
   if (failed === undefined) return log.debug('session left provisioning before it could be failed');
   metrics?.sessionTransitions.labels('failed').inc();
   log.error(
-    { owner: redactOwner(row.owner_id), port: target.port, protocol: row.protocol, attempts: probe.attempts, elapsedMs: Math.round(elapsedMs), reason },
+    { owner: redactOwner(row.owner_id), ...logged(target), protocol: row.protocol, attempts: probe.attempts, elapsedMs: Math.round(elapsedMs), reason },
     'readiness probe failed: session marked failed',
   );
   log.warn(
@@ -244,10 +253,14 @@ async function failAndTeardown(
     'diagnostics collected for the failed session',
   );
   if (failed.releasedPort !== undefined) log.info({ port: failed.releasedPort }, 'console port released');
-  if (hook === undefined) return log.info('teardown skipped: no runtime hook configured');
-  const teardown = await hook.run('teardown', hookSession);
-  if (teardown.ok) log.info({ elapsedMs: teardown.elapsedMs }, 'best-effort teardown completed');
-  else log.warn({ error: teardown.error, elapsedMs: teardown.elapsedMs }, 'best-effort teardown failed');
+  // The shared cleanup runs the teardown once, whoever gets there first; a failed one is retried
+  // by the reconciler.
+  await cleanupSession({ db, log, actor: actorName('gate'), claimMs: claimMsFor(config.runtimeHookTimeoutSeconds), ...(hook ? { hook } : {}) }, id, 'failed');
+}
+
+/** Where a target is, as log fields: the VM's port, or its socket path. */
+function logged(target: Target): { port: number } | { socket: string } {
+  return isSocketTarget(target) ? { socket: target.socket } : { port: target.port };
 }
 
 /** When the row's current target was committed, in ms on the database's clock. */

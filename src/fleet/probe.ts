@@ -1,31 +1,40 @@
-// One readiness probe attempt against a session's target (seed: noVNC readiness gating). A console
-// is ready when it speaks, not when a port is open: `vnc` targets must send the RFB banner
-// (RFC 6143 §7.1.1), `websockify` targets must serve the noVNC page, complete a WebSocket
-// handshake and relay that banner. Every attempt settles once, with a one-line reason on failure,
-// and leaves no socket or timer behind.
+// One readiness probe attempt against a session's target. A console
+// is ready when it speaks, not when a port is open: `vnc` targets (on TCP or a unix socket) must
+// send the RFB banner (RFC 6143 §7.1.1); `websockify` targets must complete a WebSocket handshake
+// and relay that banner, the decisive check, and before it serve a noVNC page, unless they serve
+// none (`webRoot: false`, or NOVNC_READY_PATHS=[]). Every attempt settles once, with a one-line
+// reason on failure, and leaves no socket or timer behind.
 import { request, type IncomingMessage } from 'node:http';
 import { connect, isIP, type Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import type { Protocol } from '../db/schema.js';
 import { GatewayError } from '../errors.js';
-import { resolveTarget, type CidrList, type Resolver } from '../console/target.js';
+import type { CidrList, Resolver } from '../console/target.js';
+import { checkTarget, type VmEndpoint } from '../console/vm-endpoint.js';
+import { isSocketTarget, type AddressTarget, type Target } from '../db/sessions.js';
 import { openCredentials, type Credentials } from '../console/credentials.js';
 import type { Config } from '../config.js';
 import type { SessionRow } from '../db/schema.js';
 import { authenticateVm } from '../console/rfb-auth.js';
 import { socketIo } from '../console/rfb-io.js';
 
-/** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
-export type ProbeResult = { ok: true; elapsedMs: number } | { ok: false; reason: string; elapsedMs: number; forbidden?: true };
+/**
+ * Where a failed probe stopped, for console_gateway_probe_failures_total{kind}: the TCP connection
+ * (or name resolution), the RFB banner or handshake, the HTTP ready page, the WebSocket handshake,
+ * or a target outside TARGET_ALLOWED_CIDRS (or a socket outside TARGET_ALLOWED_SOCKET_DIRS).
+ */
+export type ProbeFailureKind = 'tcp' | 'banner' | 'http' | 'websocket' | 'outside_cidrs';
 
-export interface ProbeTarget {
-  host: string;
-  port: number;
-  path: string | null;
-}
+/** `forbidden`: the target is outside TARGET_ALLOWED_CIDRS, so retrying cannot help. */
+export type ProbeResult =
+  | { ok: true; elapsedMs: number }
+  | { ok: false; reason: string; kind: ProbeFailureKind; elapsedMs: number; forbidden?: true };
 
 export interface ProbeOptions {
   allowed: CidrList;
+  /** TARGET_ALLOWED_SOCKET_DIRS; [] refuses unix-socket targets. Required, so no caller forgets it. */
+  socketDirs: readonly string[];
+  /** Pages of which one must answer 2xx/3xx before the WebSocket step; [] skips the HTTP step. */
   readyPaths: readonly string[];
   /** Budget of each network step (connect + banner, one HTTP GET, the WebSocket handshake + banner). */
   attemptTimeoutMs: number;
@@ -52,25 +61,42 @@ const BANNER_BYTES = 12;
 /** A failed step: its message is the probe's one-line reason. */
 class NotReady extends Error {}
 
+/** The options of one attempt: each step reports how far it got, which names a failure's kind. */
+interface Attempt extends ProbeOptions {
+  reached(kind: ProbeFailureKind): void;
+}
+
 /** Probes `target` once. Never throws: a forbidden or unresolvable target is a failed probe. */
-export async function probeSession(target: ProbeTarget, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
+export async function probeSession(target: Target, protocol: Protocol, options: ProbeOptions): Promise<ProbeResult> {
   const started = performance.now();
   const elapsed = () => Math.round(performance.now() - started);
+  let kind: ProbeFailureKind = 'tcp';
+  const attempt: Attempt = { ...options, reached: (k) => (kind = k) };
   try {
     options.signal?.throwIfAborted();
-    const address = await resolveTarget(target.host, options.allowed, options.resolve);
+    const rules = { cidrs: options.allowed, socketDirs: options.socketDirs, ...(options.resolve ? { resolve: options.resolve } : {}) };
+    const endpoint = await checkTarget(target, rules);
     if (protocol === 'vnc') {
       const stored = options.credentials;
       const credentials = stored === undefined ? undefined : openCredentials(stored.key, stored.sessionId, stored.sealed);
-      await (credentials === undefined ? readTcpBanner(address, target.port, options) : authenticateTcp(address, target.port, credentials, options));
+      await (credentials === undefined ? readVncBanner(endpoint, attempt) : authenticate(endpoint, credentials, attempt));
+    } else if ('host' in endpoint && !isSocketTarget(target)) {
+      if (target.webRoot !== false && options.readyPaths.length > 0) await getReadyPage(endpoint.host, target, attempt);
+      attempt.reached('websocket');
+      await readWebSocketBanner(endpoint.host, target, attempt);
     } else {
-      await getReadyPage(address, target, options);
-      await readWebSocketBanner(address, target, options);
+      throw new NotReady('a websockify target needs a host and port, not a unix socket');
     }
     return { ok: true, elapsedMs: elapsed() };
   } catch (error) {
     const forbidden = error instanceof GatewayError && error.code === 'TARGET_FORBIDDEN';
-    return { ok: false, reason: reasonOf(error), elapsedMs: elapsed(), ...(forbidden ? { forbidden: true as const } : {}) };
+    return {
+      ok: false,
+      reason: reasonOf(error),
+      kind: forbidden ? 'outside_cidrs' : kind,
+      elapsedMs: elapsed(),
+      ...(forbidden ? { forbidden: true as const } : {}),
+    };
   }
 }
 
@@ -83,10 +109,11 @@ function reasonOf(error: unknown): string {
 const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
 
 /** Why a connection attempt failed, in the words an operator searches for. */
-function connectReason(error: NodeJS.ErrnoException, timeoutMs: number): string {
+function connectReason(error: NodeJS.ErrnoException, timeoutMs: number, unix: boolean): string {
   switch (error.code) {
     case 'ECONNREFUSED':
-      return 'TCP connect refused';
+      // A unix socket whose server died: the file is still there, nobody accepts on it.
+      return unix ? 'unix socket connect refused (no server listening)' : 'TCP connect refused';
     case 'ETIMEDOUT':
       return `TCP connect timed out after ${seconds(timeoutMs)}`;
     case 'ECONNRESET':
@@ -132,19 +159,23 @@ function step<T>(
   });
 }
 
-function readTcpBanner(address: string, port: number, options: ProbeOptions): Promise<void> {
+function readVncBanner(endpoint: VmEndpoint, options: Attempt): Promise<void> {
   let connected = false;
+  const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
-  const timeout = () => (connected ? `no RFB banner within ${budget}` : `TCP connect timed out after ${budget}`);
+  const timeout = () => (connected ? `no RFB banner within ${budget}` : `${unix ? 'unix socket' : 'TCP'} connect timed out after ${budget}`);
   return step<void>(options, timeout, ({ resolve, reject }) => {
-    const socket: Socket = connect({ host: address, port });
+    const socket: Socket = connect(endpoint);
     let received = Buffer.alloc(0);
-    socket.setNoDelay(true);
-    socket.once('connect', () => (connected = true));
+    if (!unix) socket.setNoDelay(true);
+    socket.once('connect', () => {
+      connected = true;
+      options.reached('banner');
+    });
     socket.on('error', (error: NodeJS.ErrnoException) =>
-      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
     );
-    socket.on('close', () => reject(new NotReady(connected ? 'the VM closed the connection before the RFB banner' : 'TCP connect failed')));
+    socket.on('close', () => reject(new NotReady(connected ? 'the VM closed the connection before the RFB banner' : 'connect failed')));
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       if (received.length < BANNER_BYTES) return;
@@ -157,18 +188,20 @@ function readTcpBanner(address: string, port: number, options: ProbeOptions): Pr
 }
 
 /** Connects and runs VNC authentication with the stored credentials, as the console path will. */
-function authenticateTcp(address: string, port: number, credentials: Credentials, options: ProbeOptions): Promise<void> {
+function authenticate(endpoint: VmEndpoint, credentials: Credentials, options: Attempt): Promise<void> {
   let connected = false;
+  const unix = 'path' in endpoint;
   const budget = seconds(options.attemptTimeoutMs);
-  const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `TCP connect timed out after ${budget}`);
+  const timeout = () => (connected ? `VNC authentication did not complete within ${budget}` : `${unix ? 'unix socket' : 'TCP'} connect timed out after ${budget}`);
   return step<void>(options, timeout, ({ resolve, reject }) => {
-    const socket: Socket = connect({ host: address, port });
-    socket.setNoDelay(true);
+    const socket: Socket = connect(endpoint);
+    if (!unix) socket.setNoDelay(true);
     socket.on('error', (error: NodeJS.ErrnoException) =>
-      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs))),
+      reject(new NotReady(connected ? `connection to the VM failed (${error.code ?? error.message})` : connectReason(error, options.attemptTimeoutMs, unix))),
     );
     socket.once('connect', () => {
       connected = true;
+      options.reached('banner');
       authenticateVm(socketIo(socket), credentials).then(
         () => resolve(),
         (error: unknown) => reject(new NotReady(error instanceof GatewayError ? error.message : 'the VM closed the connection during VNC authentication')),
@@ -178,16 +211,17 @@ function authenticateTcp(address: string, port: number, credentials: Credentials
   });
 }
 
-const hostHeader = (target: ProbeTarget) => `${isIP(target.host) === 6 ? `[${target.host}]` : target.host}:${target.port}`;
+const hostHeader = (target: AddressTarget) => `${isIP(target.host) === 6 ? `[${target.host}]` : target.host}:${target.port}`;
 const urlHost = (address: string) => (isIP(address) === 6 ? `[${address}]` : address);
 
 /** GETs each ready path in turn; the first 2xx/3xx wins. Refusals stop at once: no path will answer. */
-async function getReadyPage(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+async function getReadyPage(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const failures: string[] = [];
   for (const p of options.readyPaths) {
     const path = `/${p.replace(/^\/+/, '')}`;
     const status = await step<number>(options, () => `no HTTP answer on ${path} within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
       const req = request({ host: address, port: target.port, path, method: 'GET', headers: { host: hostHeader(target) }, agent: false });
+      req.once('socket', (socket: Socket) => socket.once('connect', () => options.reached('http')));
       req.on('response', (res: IncomingMessage) => {
         res.resume();
         resolve(res.statusCode ?? 0);
@@ -205,7 +239,7 @@ async function getReadyPage(address: string, target: ProbeTarget, options: Probe
 }
 
 /** Opens the target's WebSocket (subprotocol `binary`) and waits for the RFB banner as data. */
-function readWebSocketBanner(address: string, target: ProbeTarget, options: ProbeOptions): Promise<void> {
+function readWebSocketBanner(address: string, target: AddressTarget, options: Attempt): Promise<void> {
   const raw = target.path ?? '/';
   const path = raw.startsWith('/') ? raw : `/${raw}`;
   return step<void>(options, () => `no RFB banner over the WebSocket within ${seconds(options.attemptTimeoutMs)}`, ({ resolve, reject }) => {
@@ -218,6 +252,7 @@ function readWebSocketBanner(address: string, target: ProbeTarget, options: Prob
       maxPayload: 64 * 1024,
     });
     let received = Buffer.alloc(0);
+    ws.once('open', () => options.reached('banner'));
     ws.on('unexpected-response', (req, res) => {
       res.resume();
       req.destroy();

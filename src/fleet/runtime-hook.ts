@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { SessionRow } from '../db/schema.js';
-import { targetOf } from '../db/sessions.js';
+import { targetOf, type Target } from '../db/sessions.js';
 import { redactOwnerIn, redactText, redactValue, truncate } from '../ops/redact.js';
 
 export type HookAction = 'diagnostics' | 'teardown' | 'list';
@@ -16,7 +16,7 @@ export interface HookSession {
   sessionId?: string;
   ownerId?: string | null;
   protocol?: string;
-  target?: { host: string; port: number; path: string | null } | null;
+  target?: Target | null;
   port?: number | null;
 }
 
@@ -35,7 +35,8 @@ export interface HookResult {
 
 export interface RuntimeHook {
   /** Never rejects: a spawn error, a timeout or an unreadable answer is a result with ok: false. */
-  run(action: HookAction, session: HookSession): Promise<HookResult>;
+  /** `context` is merged into the request: `list` gets `namespaces` (RECONCILIATION_NAMESPACES). */
+  run(action: HookAction, session: HookSession, context?: { namespaces?: readonly string[] }): Promise<HookResult>;
 }
 
 /** What a hook is told about a session; `port` is its pool port, if it holds (or held) one. */
@@ -81,9 +82,9 @@ export function createRuntimeHook(argv: readonly string[], timeoutMs: number, lo
   const secrets = options.secrets ?? [];
   const env = { ...options.env };
   return {
-    async run(action, session) {
+    async run(action, session, context = {}) {
       const started = performance.now();
-      const raw = await spawnHook({ program, args: [...args, action], env, input: JSON.stringify({ action, session }), timeoutMs, killGraceMs });
+      const raw = await spawnHook({ program, args: [...args, action], env, input: JSON.stringify({ action, session, ...context }), timeoutMs, killGraceMs });
       const scrub = (text: string) => redactOwnerIn(redactText(text, secrets), session.ownerId);
       const result = interpret(raw, scrub, timeoutMs);
       result.elapsedMs = Math.round(performance.now() - started);
@@ -173,16 +174,4 @@ function interpret(raw: RawRun, scrub: (text: string) => string, timeoutMs: numb
   const result: HookResult = { ok, output, resources, ...(stderr ? { stderr } : {}), elapsedMs: 0 };
   if (!ok) result.error = answer.ok === true ? `the runtime hook exited with status ${raw.exitCode}` : 'the runtime hook reported failure';
   return result;
-}
-
-/**
- * The best-effort teardown a stop runs after the session is marked stopped: never throws, logs
- * the outcome. The port is the one the session held before the stop released it.
- */
-export function createTeardown(hook: RuntimeHook, log: Logger) {
-  return async (row: SessionRow, port: number | undefined): Promise<void> => {
-    const result = await hook.run('teardown', hookSessionOf(row, port));
-    if (result.ok) log.info({ sessionId: row.id, elapsedMs: result.elapsedMs }, 'teardown after stop completed');
-    else log.warn({ sessionId: row.id, error: result.error, elapsedMs: result.elapsedMs }, 'teardown after stop failed');
-  };
 }

@@ -27,14 +27,14 @@ export function runCli(args: string[], env: Record<string, string>, timeoutMs = 
 }
 
 /** Starts `serve` and resolves with its URL once it logs "gateway listening". */
-export function startServeProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+export function startServeProcess(env: Record<string, string>, timeoutMs = 30_000): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [CLI, 'serve'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`serve did not start: ${output}`));
-    }, 30_000);
+    }, timeoutMs);
     const onData = (d: Buffer) => {
       output += d;
       const line = output.split('\n').find((l) => l.includes('"gateway listening"'));
@@ -48,6 +48,31 @@ export function startServeProcess(env: Record<string, string>): Promise<{ child:
     child.on('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`serve exited with ${code}: ${output}`));
+    });
+  });
+}
+
+/** Starts `gate` (the sidecar) and resolves with its OPS_PORT URL once it is listening. */
+export function startGateProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, 'gate'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`gate did not start: ${output}`));
+    }, 60_000);
+    const onData = (chunk: Buffer) => {
+      output += chunk;
+      const line = output.split('\n').find((l) => l.includes('ops endpoints listening'));
+      if (line === undefined) return;
+      clearTimeout(timer);
+      resolvePromise({ child, url: (JSON.parse(line) as { url: string }).url });
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`gate exited with ${code}: ${output}`));
     });
   });
 }

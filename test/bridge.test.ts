@@ -14,7 +14,9 @@ let nextVm: (socket: Socket) => void = () => {};
 beforeAll(async () => {
   // PostgreSQL: starts in a second where the embedded database can take a minute on a busy machine.
   database = await createTestDatabase();
-  gateway = await startTestGateway({}, database.url);
+  // No reconciler: its first pass probes ready sessions, and this file's scripted VM takes the
+  // first connection it gets as the console's.
+  gateway = await startTestGateway({ RECONCILIATION_ENABLED: 'false' }, database.url);
   vmServer = createServer((socket) => {
     socket.on('error', () => {});
     nextVm(socket);

@@ -31,7 +31,9 @@ function acceptByHand(socket: Socket): void {
 
 beforeAll(async () => {
   database = await createTestDatabase();
-  gateway = await startTestGateway({}, database.url);
+  // No reconciler: its first pass probes ready sessions, and the scripted target takes the first
+  // WebSocket it accepts as the console's.
+  gateway = await startTestGateway({ RECONCILIATION_ENABLED: 'false' }, database.url);
   target = createServer(acceptByHand);
   await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
 });

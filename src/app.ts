@@ -71,23 +71,26 @@ export interface Sidecar {
   stop(): Promise<void>;
 }
 
-/** Serves /healthz, /readyz and /metrics of a sidecar command on OPS_PORT. */
-function startSidecarOps(config: Config, log: Logger, store: Store, metrics: Metrics): Promise<OpsServer> {
-  observeStore(metrics, store);
-  return startOpsServer({ store, metrics, metricsToken: config.edge.metricsToken, host: config.host, port: config.edge.opsPort, log });
-}
-
-/** `gate`: the readiness gate alone (the sidecar form), with its ops endpoints. */
-export async function startGateOnly(config: Config, log: Logger): Promise<Sidecar> {
-  const store = await openDatabase(config, log, true);
+/**
+ * Opens the database of a sidecar command and serves its /healthz, /readyz and /metrics on
+ * OPS_PORT; the store is closed again when the ops server cannot start.
+ */
+async function openSidecar(config: Config, log: Logger, listen: boolean): Promise<{ store: Store; metrics: Metrics; ops: OpsServer }> {
+  const store = await openDatabase(config, log, listen);
   const metrics = createMetrics();
-  let ops: OpsServer;
+  observeStore(metrics, store);
   try {
-    ops = await startSidecarOps(config, log, store, metrics);
+    const ops = await startOpsServer({ store, metrics, metricsToken: config.edge.metricsToken, host: config.host, port: config.edge.opsPort, log });
+    return { store, metrics, ops };
   } catch (error) {
     await store.close();
     throw error;
   }
+}
+
+/** `gate`: the readiness gate alone (the sidecar form), with its ops endpoints. */
+export async function startGateOnly(config: Config, log: Logger): Promise<Sidecar> {
+  const { store, metrics, ops } = await openSidecar(config, log, true);
   const hook = runtimeHookFromConfig(config, log);
   const gate = startGate({ db: store.db, events: store.events, log, metrics, config, ...(hook ? { hook } : {}) });
   return {
@@ -106,15 +109,7 @@ export async function startGateOnly(config: Config, log: Logger): Promise<Sideca
  * endpoints. The reconciler's `ready` resolves after the first pass.
  */
 export async function startReconcileOnly(config: Config, log: Logger, dryRun = false): Promise<Sidecar & { reconciler: Reconciler }> {
-  const store = await openDatabase(config, log);
-  const metrics = createMetrics();
-  let ops: OpsServer;
-  try {
-    ops = await startSidecarOps(config, log, store, metrics);
-  } catch (error) {
-    await store.close();
-    throw error;
-  }
+  const { store, metrics, ops } = await openSidecar(config, log, false);
   metrics.fleet.observePool(() => poolStats(store.db, poolOf(config)));
   const hook = runtimeHookFromConfig(config, log);
   const reconciler = startReconciler({ db: store.db, kind: store.kind, config, log, metrics: metrics.fleet, ...(hook ? { hook } : {}) }, config.reconciliationIntervalSeconds * 1000, { dryRun });

@@ -3,12 +3,13 @@
 // background tab that stops reading parks the VM's socket instead of growing our memory: at most
 // `highWaterMark` bytes (plus one read) wait for the browser, at most one message for the VM.
 import type { Socket } from 'node:net';
-import type { WebSocket } from 'ws';
+import { WebSocket } from 'ws';
 import { toGatewayError } from '../errors.js';
 import type { Traffic } from '../ops/metrics.js';
 import { TEXT_FRAME_REFUSED } from './browser-frames.js';
 import type { OnStop, Pump, PumpStats } from './pump.js';
 import type { ViewOnlyFilter } from './view-only.js';
+import { HEADROOM, SHARED_VIEW, readsOf, returnSlab, takeSlab, type ReadHandler, type Slab, type VmReads } from './vm-reads.js';
 
 export interface BridgeOptions {
   highWaterMark: number;
@@ -31,16 +32,28 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
   const stats: PumpStats = { down: 0, up: 0, lastActivity: Date.now() };
   let lost: string | undefined;
 
-  const resumeTcp = () => tcp.resume();
-  tcp.on('data', function tcpOnData(chunk: Buffer) {
-    stats.lastActivity = Date.now();
-    stats.down += chunk.length;
-    traffic.down += chunk.length;
-    // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
-    const over = ws.bufferedAmount + chunk.length > highWaterMark;
-    ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
-    if (over) tcp.pause();
-  });
+  const reads = readsOf(tcp);
+  if (reads === undefined) {
+    // A socket not made by dial(): plain stream reads, each sent through ws.
+    const resumeTcp = () => tcp.resume();
+    tcp.on('data', function tcpOnData(chunk: Buffer) {
+      stats.lastActivity = Date.now();
+      stats.down += chunk.length;
+      traffic.down += chunk.length;
+      // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
+      const over = ws.bufferedAmount + chunk.length > highWaterMark;
+      ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
+      if (over) tcp.pause();
+    });
+  } else {
+    const early = reads.take(downstream(ws, browser, tcp, reads, { highWaterMark, traffic, stats }));
+    if (early !== undefined) {
+      stats.down += early.length;
+      traffic.down += early.length;
+      ws.send(early, SEND_OPTIONS);
+    }
+    tcp.resume();
+  }
   tcp.on('drain', function tcpOnDrain() {
     ws.resume();
   });
@@ -118,4 +131,83 @@ const browserClosed = { code: 'BROWSER_CLOSED', message: 'the browser closed the
 
 function browserProtocolError(code: number) {
   return { code: 'BROWSER_PROTOCOL_ERROR', message: 'the browser sent a frame the console cannot take', closeCode: code } as const;
+}
+
+interface Downstream {
+  highWaterMark: number;
+  traffic: Traffic;
+  stats: PumpStats;
+}
+
+/**
+ * VM → browser without ws.send: each read becomes one binary frame written with ONE socket write —
+ * the header goes into the headroom before the payload. Reads into a slab are written without a
+ * copy and the slab is read into again as soon as no write holds it; reads into the shared buffer
+ * (not streaming) are copied into the frame. The writes keep their order with ws's own (pings,
+ * close frames): all go to the same socket, and none is written once ws is closing.
+ */
+function downstream(ws: WebSocket, browser: Socket, tcp: Socket, reads: VmReads, o: Downstream): ReadHandler {
+  let slab: Slab | undefined;
+  // One entry per write of ours, in write order: the slab it holds, or null.
+  const holding: (Slab | null)[] = [];
+  let paused = false;
+  const afterWrite = () => {
+    const held = holding.shift();
+    if (held) returnSlab(held);
+    if (paused && browser.writableLength <= o.highWaterMark) {
+      paused = false;
+      tcp.resume();
+    }
+  };
+  return function onVmRead(nread: number, view: Buffer): boolean {
+    o.stats.lastActivity = Date.now();
+    o.stats.down += nread;
+    o.traffic.down += nread;
+    const full = nread === view.length;
+    if (ws.readyState !== WebSocket.OPEN || browser.destroyed) {
+      reads.next = full && slab !== undefined ? slab.view : SHARED_VIEW; // the console is ending: drop
+      return true;
+    }
+    const header = nread < 126 ? 2 : nread < 65536 ? 4 : 10;
+    let frame: Buffer;
+    const fromSlab = slab !== undefined && view === slab.view;
+    if (fromSlab) {
+      frame = slab!.whole.subarray(HEADROOM - header, HEADROOM + nread);
+    } else {
+      frame = Buffer.allocUnsafe(header + nread);
+      view.copy(frame, header, 0, nread);
+    }
+    writeHeader(frame, nread, header);
+    browser.write(frame, afterWrite);
+    // Anything still queued means the kernel did not take this frame whole: the slab is held.
+    const held = fromSlab && browser.writableLength > 0;
+    holding.push(held ? slab! : null);
+    if (held || (fromSlab && !full)) {
+      if (!held) returnSlab(slab!);
+      slab = undefined;
+    }
+    // Streaming (the read filled its buffer): read into a slab next; otherwise into the shared one.
+    if (full) slab ??= takeSlab();
+    reads.next = full ? slab!.view : SHARED_VIEW;
+    if (browser.writableLength > o.highWaterMark) {
+      paused = true;
+      return false;
+    }
+    return true;
+  };
+}
+
+/** FIN + binary opcode, then the payload length in 7, 7+16 or 7+64 bits (server frames are unmasked). */
+function writeHeader(frame: Buffer, length: number, header: number): void {
+  frame[0] = 0x82;
+  if (header === 2) {
+    frame[1] = length;
+  } else if (header === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeUInt32BE(0, 2);
+    frame.writeUInt32BE(length, 6);
+  }
 }

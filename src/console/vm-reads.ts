@@ -1,0 +1,96 @@
+// Reads from the VM's socket into buffers we own (net's `onread`), instead of Node allocating a
+// fresh 64 KiB buffer for every read and the garbage collector freeing it again.
+//
+// Two kinds of buffer, both with HEADROOM bytes in front so a WebSocket frame header can be written
+// right before the payload and the frame leaves in one write:
+// - one SHARED buffer for every socket that is not streaming: whatever lands in it is copied out
+//   before the next read anywhere, so it is never held and an idle console holds no buffer at all;
+// - a private SLAB from a small pool while a socket streams (its last read filled the buffer): the
+//   payload is written from it without a copy, and the same slab is read into again unless a write
+//   still holds it, in which case a fresh one is handed out and the held one returns on its callback.
+import type { Socket } from 'node:net';
+
+/** Room for the longest server-to-client frame header (2 + 8 bytes). */
+export const HEADROOM = 10;
+const SHARED_SIZE = 16 * 1024;
+const SLAB_SIZE = 64 * 1024;
+/** Slabs kept for reuse; more are allocated while more sockets stream at once. */
+const POOL_MAX = 64;
+
+export interface Slab {
+  /** HEADROOM + SLAB_SIZE bytes. */
+  readonly whole: Buffer;
+  /** The part reads land in (after the headroom). */
+  readonly view: Buffer;
+}
+
+const sharedWhole = Buffer.allocUnsafeSlow(HEADROOM + SHARED_SIZE);
+export const SHARED_VIEW = sharedWhole.subarray(HEADROOM);
+const pool: Slab[] = [];
+
+export function takeSlab(): Slab {
+  const slab = pool.pop();
+  if (slab !== undefined) return slab;
+  const whole = Buffer.allocUnsafeSlow(HEADROOM + SLAB_SIZE);
+  return { whole, view: whole.subarray(HEADROOM) };
+}
+
+export function returnSlab(slab: Slab): void {
+  if (pool.length < POOL_MAX) pool.push(slab);
+}
+
+/** What the pump does with a read: returns false to stop reading until it resumes the socket. */
+export type ReadHandler = (nread: number, view: Buffer) => boolean;
+
+/** The reading state of one VM socket: who gets its reads, and which buffer the next read uses. */
+export class VmReads {
+  /** The buffer the next read lands in; the pump moves it between SHARED_VIEW and its slabs. */
+  next: Buffer = SHARED_VIEW;
+  private handler: ReadHandler | undefined;
+  private socket: Socket | undefined;
+
+  /** The `onread` option for net.connect. */
+  readonly onread = {
+    buffer: () => this.next,
+    callback: (nread: number, view: Buffer): boolean => (this.handler ?? this.streamRead)(nread, view),
+  };
+
+  /** Binds to the socket created with `onread` (needed before any read arrives). */
+  bind(socket: Socket): void {
+    this.socket = socket;
+  }
+
+  /**
+   * Until a pump takes over, reads become ordinary stream data, so handshake code that
+   * listens for 'data', pipes, pauses or unshifts works on this socket as on any other.
+   */
+  private readonly streamRead = (nread: number, view: Buffer): boolean => {
+    // A buffer of its own is handed on whole; the shared one is copied out of.
+    const chunk = view === SHARED_VIEW ? Buffer.from(view.subarray(0, nread)) : view.subarray(0, nread);
+    // Streaming (the read filled its buffer): the next read gets a full-size buffer of its own.
+    this.next = nread === view.length ? Buffer.allocUnsafe(SLAB_SIZE) : SHARED_VIEW;
+    return this.socket!.push(chunk);
+  };
+
+  /**
+   * Hands every further read to `handler`, and returns what was read earlier and not consumed
+   * (bytes a handshake pushed back, or that arrived before anyone listened).
+   */
+  take(handler: ReadHandler): Buffer | undefined {
+    this.handler = handler;
+    const early = this.socket!.readableLength > 0 ? (this.socket!.read() as Buffer | null) : null;
+    return early ?? undefined;
+  }
+}
+
+const readers = new WeakMap<Socket, VmReads>();
+
+export function registerReads(socket: Socket, reads: VmReads): void {
+  reads.bind(socket);
+  readers.set(socket, reads);
+}
+
+/** The reading state of a socket made by dial(), or undefined for any other socket. */
+export function readsOf(socket: Socket): VmReads | undefined {
+  return readers.get(socket);
+}

@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
@@ -229,6 +230,10 @@ describe('a fleet behind HAProxy', () => {
           const outcome = await openConsole(`${balancerWs()}?ticket=${await ticketFor(await newSession())}`, { localAddress, untilMessages: 1, timeoutMs: 15_000 });
           record.attempts.push(outcome);
           record.connected = outcome.messages.length === 1;
+          // Back off as the console page does (0.5 s, doubling): a replica still draining keeps
+          // refusing until the balancer's health check has taken it out, and requests made in a
+          // fixed rhythm can meet it on every attempt in round robin.
+          if (!record.connected) await sleep(500 * 2 ** attempt);
         }
       }
     };
@@ -289,6 +294,9 @@ describe('a fleet behind HAProxy', () => {
 
   it('trips each cap and the throttle with the behaviour it exists for, per client address', async () => {
     const direct = `http://127.0.0.1:${replicas[0]!.port}`;
+    // The split below needs all three replicas in rotation. /readyz through the balancer answers
+    // 200 from the others while the last one restarted still waits out HAProxy's rise (2 × 200 ms).
+    await sleep(1_500);
     // One address hoarding consoles: two per replica (round robin over three), the seventh refused.
     const hoarded: WebSocket[] = [];
     for (let i = 0; i < 6; i++) hoarded.push(await liveConsole(`${balancerWs()}?ticket=${await ticketFor(await newSession(direct))}`, '127.0.0.71'));

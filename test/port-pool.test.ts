@@ -2,7 +2,7 @@
 // OS processes, a killed holder's lease reclaimed, the bind check, and the API and metrics around it.
 import { spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
-import { createServer } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -198,12 +198,13 @@ describe('port pool through the API on the embedded database', () => {
 describe('PORT_BIND_CHECK', () => {
   it('skips and records a port something else on this host holds', async () => {
     const database = await createTestDatabase();
-    const holder = createServer();
-    await new Promise<void>((resolve) => holder.listen(0, '0.0.0.0', resolve));
-    const held = (holder.address() as { port: number }).port;
+    // Two neighbouring ports we hold ourselves, so no other test's server can sit on the free one:
+    // `held` stays held, the spare one is let go just before the allocation.
+    const { holder, spare, held } = await neighbouringPorts();
     const gateway = await startTestGateway({ VNC_WS_PORT_START: String(held), VNC_WS_PORT_END: String(held + 1), PORT_BIND_CHECK: 'true' }, database.url);
     try {
       const created = await gateway.api('POST', '/api/v1/sessions', { protocol: 'vnc' });
+      await new Promise((resolve) => spare.close(resolve));
       const leased = await gateway.api('POST', `/api/v1/sessions/${created.body.id}/port`);
       expect(leased.status).toBe(201);
       expect(leased.body.port).toBe(held + 1);
@@ -220,3 +221,19 @@ describe('PORT_BIND_CHECK', () => {
     }
   });
 });
+
+/** Listens on two neighbouring ports (port and port + 1), both on 0.0.0.0. */
+async function neighbouringPorts(): Promise<{ holder: Server; spare: Server; held: number }> {
+  for (;;) {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '0.0.0.0', resolve));
+    const held = (holder.address() as { port: number }).port;
+    const spare = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      spare.once('error', () => resolve(false));
+      spare.listen(held + 1, '0.0.0.0', () => resolve(true));
+    });
+    if (ok) return { holder, spare, held };
+    holder.close();
+  }
+}

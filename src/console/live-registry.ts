@@ -8,9 +8,10 @@ import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { SessionEvents } from '../db/events.js';
-import { registerConsole, renewConsoles, unregisterConsole } from '../db/live-consoles.js';
+import { GroupCommit } from '../db/group-commit.js';
+import { registerConsoles, registerExclusiveConsole, renewConsoles, unregisterConsoles, type LiveRow, type Registration } from '../db/live-consoles.js';
 import type { Database } from '../db/schema.js';
-import type { ErrorCode } from '../errors.js';
+import { GatewayError, type ErrorCode } from '../errors.js';
 import type { Consoles } from './consoles.js';
 
 export interface ClaimOptions {
@@ -39,6 +40,9 @@ export class LiveRegistry {
   /** Claims not yet released, so stop() can let their rows go before the database closes. */
   private readonly held = new Set<Promise<void>>();
   private readonly renewer: NodeJS.Timeout;
+  // The connect path's registry writes, group-committed: one statement per burst, not per console.
+  private readonly adding: GroupCommit<LiveRow, Registration>;
+  private readonly removing: GroupCommit<string, void>;
   private readonly onControl = (action: 'takeover' | 'kick', sessionId: string, except: string | undefined) => {
     const end = action === 'kick' ? KICKED : TAKEN_OVER;
     const hit = (c: { id?: string | undefined; sessionId: string; viewOnly?: boolean | undefined }) =>
@@ -53,6 +57,8 @@ export class LiveRegistry {
     private readonly consoles: Consoles,
     private readonly log: Logger,
   ) {
+    this.adding = new GroupCommit((rows) => registerConsoles(db, rows));
+    this.removing = new GroupCommit((ids) => unregisterConsoles(db, ids));
     events.on('control', this.onControl);
     this.renewer = setInterval(() => {
       renewConsoles(db, this.replicaId, TTL_MS).catch((error) => log.warn({ err: error }, 'renewing the live-console registry failed'));
@@ -64,8 +70,10 @@ export class LiveRegistry {
   async claim(options: ClaimOptions): Promise<Claim> {
     const { consoleId } = options;
     this.pending.set(consoleId, { ...options });
+    const row = { id: consoleId, sessionId: options.sessionId, replicaId: this.replicaId, viewOnly: options.viewOnly, exclusive: options.exclusive, ttlMs: TTL_MS };
     try {
-      await registerConsole(this.db, { id: consoleId, sessionId: options.sessionId, replicaId: this.replicaId, viewOnly: options.viewOnly, exclusive: options.exclusive, ttlMs: TTL_MS });
+      if (options.exclusive) await registerExclusiveConsole(this.db, row);
+      else refuseUnless(await this.adding.submit(row));
     } catch (error) {
       this.pending.delete(consoleId);
       throw error;
@@ -82,7 +90,7 @@ export class LiveRegistry {
       },
       release: async () => {
         this.pending.delete(consoleId);
-        await unregisterConsole(this.db, consoleId).catch((error) => this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire'));
+        await this.removing.submit(consoleId).catch((error) => this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire'));
         this.held.delete(held);
         released();
       },
@@ -96,4 +104,9 @@ export class LiveRegistry {
     const grace = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
     await Promise.race([Promise.all(this.held), grace]);
   }
+}
+
+function refuseUnless(registration: Registration): void {
+  if (registration === 'exclusive-held') throw new GatewayError('CONSOLE_IN_EXCLUSIVE_USE', 'the console is in exclusive use');
+  if (registration === 'no-session') throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
 }

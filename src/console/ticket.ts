@@ -8,9 +8,10 @@ import { SignJWT, createLocalJWKSet, errors, jwtVerify, type CryptoKey, type JWT
 import type { Kysely } from 'kysely';
 import { LRUCache } from 'lru-cache';
 import { GatewayError } from '../errors.js';
-import { TicketBatcher } from '../db/ticket-batcher.js';
+import { GroupCommit } from '../db/group-commit.js';
 import { isUuid } from '../db/sessions.js';
 import type { Database, SessionRow } from '../db/schema.js';
+import { consumeTickets, type Consumption, type Presentation } from '../db/tickets.js';
 
 export interface TicketClaims {
   sessionId: string;
@@ -58,15 +59,22 @@ export class Tickets {
   private readonly jwks: JWTVerifyGetKey | undefined;
   // jti → true for tickets this process consumed or saw refused as used; entries die with the ticket.
   private readonly seen = new LRUCache<string, true>({ max: 100_000, ttlAutopurge: false });
-  private readonly batcher: TicketBatcher;
+  private readonly batcher: GroupCommit<Presentation, Consumption>;
+  private verifyingKey: Promise<CryptoKey> | undefined;
 
   constructor(
     private readonly options: TicketOptions,
     db: Kysely<Database>,
   ) {
-    this.batcher = new TicketBatcher(db);
+    this.batcher = new GroupCommit((batch) => consumeTickets(db, batch));
     this.algorithms = [...(options.secret ? ['HS256'] : []), ...(options.jwks ? ASYMMETRIC : [])];
     this.jwks = options.jwks ? createLocalJWKSet(options.jwks as Parameters<typeof createLocalJWKSet>[0]) : undefined;
+  }
+
+  /** TICKET_SECRET as a verifying key, imported once: importing it on every check is most of an HS256 check's cost. */
+  private hmacKey(): Promise<CryptoKey> {
+    this.verifyingKey ??= crypto.subtle.importKey('raw', Uint8Array.from(this.options.secret!), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    return this.verifyingKey;
   }
 
   /** True when this gateway can mint tickets itself (it holds TICKET_SECRET). */
@@ -86,7 +94,7 @@ export class Tickets {
       // against a public key (the classic HS/RS confusion), and 'none' is never in the list.
       ({ payload } = await jwtVerify(
         token,
-        async (header, input) => (header.alg === 'HS256' ? this.options.secret! : this.jwks!(header, input)),
+        async (header, input) => (header.alg === 'HS256' ? this.hmacKey() : this.jwks!(header, input)),
         {
           algorithms: this.algorithms,
           audience: this.options.audience,
@@ -114,7 +122,7 @@ export class Tickets {
   async consume(claims: TicketClaims): Promise<SessionRow | undefined> {
     if (this.seen.has(claims.jti)) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     const ttl = Math.max(1, claims.expiresAt.getTime() - Date.now() + 60_000);
-    const { won, session } = await this.batcher.consume(claims);
+    const { won, session } = await this.batcher.submit({ jti: claims.jti, sessionId: claims.sessionId, expiresAt: claims.expiresAt });
     this.seen.set(claims.jti, true, { ttl });
     if (!won) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     return session;

@@ -2,7 +2,6 @@
 // replica while it runs, so a crashed replica's rows expire instead of counting forever. Takeover
 // and kick travel as NOTIFY on CONTROL_CHANNEL, to every replica, whoever holds the console.
 import { sql, type Kysely } from 'kysely';
-import { GatewayError } from '../errors.js';
 import { CONTROL_CHANNEL, type Database } from './schema.js';
 
 export interface LiveRow {
@@ -17,36 +16,55 @@ export interface LiveRow {
 
 const inMs = (ms: number) => sql<Date>`now() + ${Math.round(ms)} * interval '1 millisecond'`;
 
+/** How a registration ended: added, refused for an exclusive console, or the session is gone. */
+export type Registration = 'added' | 'exclusive-held' | 'no-session';
+
 /**
- * Registers a console about to connect. Serialised per session (an advisory lock for the length
- * of the transaction), so "is an exclusive console live?" and the insert are one decision across
- * replicas: a non-exclusive interactive console is refused with CONSOLE_IN_EXCLUSIVE_USE; an
- * exclusive one notifies every replica to take over the session's other interactive consoles.
+ * Registers a batch of non-exclusive consoles in one statement (group-committed by the caller),
+ * answering in `rows` order. An interactive console is refused while an exclusive console of its
+ * session is live; a view-only one never is. No per-session lock is needed: an exclusive console
+ * registering at the same moment notifies on commit, and that notice finds each of these consoles
+ * on its replica (pending or live); had it committed first, this statement sees its row.
  */
-export async function registerConsole(db: Kysely<Database>, row: LiveRow): Promise<void> {
-  await db.transaction().execute(async (tx) => {
-    await sql`select pg_advisory_xact_lock(hashtext(${row.sessionId}))`.execute(tx);
-    if (!row.viewOnly && !row.exclusive) {
-      const held = await tx
-        .selectFrom('console_live')
-        .select('id')
-        .where('session_id', '=', row.sessionId)
-        .where('exclusive', '=', true)
-        .where('expires_at', '>', sql<Date>`now()`)
-        .executeTakeFirst();
-      if (held !== undefined) throw new GatewayError('CONSOLE_IN_EXCLUSIVE_USE', 'the console is in exclusive use');
-    }
-    await tx
-      .insertInto('console_live')
-      .values({ id: row.id, session_id: row.sessionId, replica_id: row.replicaId, view_only: row.viewOnly, exclusive: row.exclusive, expires_at: inMs(row.ttlMs) })
-      .execute();
-    // Delivered on commit, when the row is visible: a console registered before it is taken over.
-    if (row.exclusive) await sql`select pg_notify(${CONTROL_CHANNEL}, ${`takeover:${row.sessionId}:${row.id}`})`.execute(tx);
-  });
+export async function registerConsoles(db: Kysely<Database>, rows: readonly LiveRow[]): Promise<Registration[]> {
+  const input = JSON.stringify(rows.map((r, i) => ({ i, id: r.id, session_id: r.sessionId, replica_id: r.replicaId, view_only: r.viewOnly, ttl_ms: Math.round(r.ttlMs) })));
+  const { rows: answers } = await sql<{ i: number; added: boolean; held: boolean }>`
+    with input as (
+      select t.*, s.id is not null as known,
+        exists (select 1 from console_live held
+                where held.session_id = t.session_id and held.exclusive and held.expires_at > now()) as held
+      from json_to_recordset(${input}::json) as t(i int, id text, session_id uuid, replica_id text, view_only boolean, ttl_ms int)
+      left join console_sessions s on s.id = t.session_id
+    ), added as (
+      insert into console_live (id, session_id, replica_id, view_only, exclusive, expires_at)
+      select id, session_id, replica_id, view_only, false, now() + ttl_ms * interval '1 millisecond'
+      from input where known and (view_only or not held)
+      returning id
+    )
+    select input.i, added.id is not null as added, input.held from input left join added on added.id = input.id`.execute(db);
+  const out = new Array<Registration>(rows.length).fill('no-session');
+  for (const { i, added, held } of answers) out[i] = added ? 'added' : held ? 'exclusive-held' : 'no-session';
+  return out;
 }
 
-export async function unregisterConsole(db: Kysely<Database>, id: string): Promise<void> {
-  await db.deleteFrom('console_live').where('id', '=', id).execute();
+/**
+ * Registers an exclusive console and, in the same statement, notifies every replica to take over
+ * the session's other interactive consoles (delivered on commit, when the row is visible).
+ */
+export async function registerExclusiveConsole(db: Kysely<Database>, row: LiveRow): Promise<void> {
+  await sql`
+    with added as (
+      insert into console_live (id, session_id, replica_id, view_only, exclusive, expires_at)
+      values (${row.id}, ${row.sessionId}, ${row.replicaId}, false, true, ${inMs(row.ttlMs)})
+      returning id
+    )
+    select pg_notify(${CONTROL_CHANNEL}, ${`takeover:${row.sessionId}:${row.id}`}) from added`.execute(db);
+}
+
+/** Removes a batch of consoles' rows in one statement. */
+export async function unregisterConsoles(db: Kysely<Database>, ids: readonly string[]): Promise<void[]> {
+  await db.deleteFrom('console_live').where('id', 'in', ids).execute();
+  return ids.map(() => undefined);
 }
 
 /** Renews every row of `replicaId`, and forgets rows that expired a while ago (crashed replicas). */

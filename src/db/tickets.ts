@@ -16,12 +16,18 @@ export interface Consumption {
   session: SessionRow | undefined;
 }
 
+const LOST: Consumption = { won: false, session: undefined };
+
 /**
  * Consumes a batch of tickets and reads their sessions in one statement (the connect path's hot
- * spot; see ticket-batcher.ts). Each jti must appear once in `batch`. Answers in `batch` order.
+ * spot; group-committed by the caller). Answers in `batch` order. A jti presented twice in one
+ * batch is won by its first presentation only.
  */
 export async function consumeTickets(db: Kysely<Database>, batch: readonly Presentation[]): Promise<Consumption[]> {
-  const input = JSON.stringify(batch.map((p, i) => ({ i, jti: p.jti, session_id: p.sessionId, expires_at: p.expiresAt })));
+  const first = new Map<string, number>();
+  batch.forEach((p, i) => first.has(p.jti) || first.set(p.jti, i));
+  const unique = [...first.values()].map((i) => batch[i]!);
+  const input = JSON.stringify(unique.map((p, i) => ({ i, jti: p.jti, session_id: p.sessionId, expires_at: p.expiresAt })));
   const { rows } = await sql<SessionRow & { i: number; won: boolean }>`
     with input as (
       select * from json_to_recordset(${input}::json) as t(i int, jti text, session_id uuid, expires_at timestamptz)
@@ -35,9 +41,9 @@ export async function consumeTickets(db: Kysely<Database>, batch: readonly Prese
     from input
     left join consumed on consumed.jti = input.jti
     left join console_sessions s on s.id = input.session_id`.execute(db);
-  const out = new Array<Consumption>(batch.length);
-  for (const { i, won, ...session } of rows) out[i] = { won, session: session.id === null ? undefined : (session as SessionRow) };
-  return out;
+  const answers = new Map<string, Consumption>();
+  for (const { i, won, ...session } of rows) answers.set(unique[i]!.jti, { won, session: session.id === null ? undefined : (session as SessionRow) });
+  return batch.map((p, i) => (first.get(p.jti) === i ? answers.get(p.jti)! : LOST));
 }
 
 /**

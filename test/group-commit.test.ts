@@ -1,5 +1,6 @@
-// Group commit of ticket consumption on PostgreSQL: concurrent presentations share one statement,
-// and exactly-once still holds across processes under a heavy concurrent replay.
+// Group commit on PostgreSQL: concurrent ticket presentations share one statement, and exactly-once
+// still holds across processes under a heavy concurrent replay; the live-console registry's adds
+// and removals are group-committed the same way and keep their answers.
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -13,7 +14,9 @@ import { mintTicket } from '../src/console/ticket.js';
 import { migrateToLatest } from '../src/db/migrations.js';
 import type { Database } from '../src/db/schema.js';
 import { createSession } from '../src/db/sessions.js';
-import { TicketBatcher } from '../src/db/ticket-batcher.js';
+import { GroupCommit } from '../src/db/group-commit.js';
+import { consumeTickets } from '../src/db/tickets.js';
+import { registerConsoles, registerExclusiveConsole, unregisterConsoles, type LiveRow } from '../src/db/live-consoles.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 const SECRET = 'group-commit-secret-of-at-least-32-bytes';
@@ -22,6 +25,7 @@ const PRESENTER = resolve(import.meta.dirname, 'fixtures/present-tickets.mjs');
 let database: TestDatabase;
 let db: Kysely<Database>;
 let statements = 0;
+let registryStatements = 0;
 let sessionId: string;
 let dir: string;
 
@@ -29,7 +33,7 @@ beforeAll(async () => {
   database = await createTestDatabase();
   db = new Kysely<Database>({
     dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 4, connectionTimeoutMillis: 10_000 }) }),
-    log: (event) => void (event.query.sql.includes('consumed_tickets') && statements++),
+    log: (event) => void (event.query.sql.includes('consumed_tickets') && statements++, event.query.sql.includes('console_live') && registryStatements++),
   });
   await migrateToLatest(db);
   sessionId = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
@@ -41,6 +45,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+const ticketBatcher = () => new GroupCommit((batch: Parameters<typeof consumeTickets>[1]) => consumeTickets(db, batch));
 const expiresAt = () => new Date(Date.now() + 60_000);
 
 /** Starts one presenting process; resolves once it is ready to present. */
@@ -59,35 +64,35 @@ function presenter(file: string, copies: number, order = 'forward') {
 
 describe('ticket consumption with group commit', () => {
   it('combines consumes arriving in the same tick into one statement that reads the session too', async () => {
-    const batcher = new TicketBatcher(db);
+    const batcher = ticketBatcher();
     const before = statements;
-    const results = await Promise.all(Array.from({ length: 100 }, () => batcher.consume({ jti: randomUUID(), sessionId, expiresAt: expiresAt() })));
+    const results = await Promise.all(Array.from({ length: 100 }, () => batcher.submit({ jti: randomUUID(), sessionId, expiresAt: expiresAt() })));
     expect(statements - before).toBe(1);
     expect(results.every((r) => r.won && r.session?.id === sessionId)).toBe(true);
   });
 
   it('lets only the first of the same ticket in one batch win, and answers an unknown session as such', async () => {
-    const batcher = new TicketBatcher(db);
+    const batcher = ticketBatcher();
     const jti = randomUUID();
     const unknown = randomUUID();
     const [a, b, c] = await Promise.all([
-      batcher.consume({ jti, sessionId, expiresAt: expiresAt() }),
-      batcher.consume({ jti, sessionId, expiresAt: expiresAt() }),
-      batcher.consume({ jti: randomUUID(), sessionId: unknown, expiresAt: expiresAt() }),
+      batcher.submit({ jti, sessionId, expiresAt: expiresAt() }),
+      batcher.submit({ jti, sessionId, expiresAt: expiresAt() }),
+      batcher.submit({ jti: randomUUID(), sessionId: unknown, expiresAt: expiresAt() }),
     ]);
     expect([a!.won, b!.won]).toEqual([true, false]);
     expect(c).toEqual({ won: true, session: undefined });
-    expect((await batcher.consume({ jti, sessionId, expiresAt: expiresAt() })).won).toBe(false);
+    expect((await batcher.submit({ jti, sessionId, expiresAt: expiresAt() })).won).toBe(false);
   });
 
   it('fails every presentation of a batch whose statement fails, and recovers for the next', async () => {
-    const batcher = new TicketBatcher(db);
+    const batcher = ticketBatcher();
     const outcomes = await Promise.allSettled([
-      batcher.consume({ jti: randomUUID(), sessionId, expiresAt: new Date(Number.NaN) }),
-      batcher.consume({ jti: randomUUID(), sessionId, expiresAt: expiresAt() }),
+      batcher.submit({ jti: randomUUID(), sessionId, expiresAt: new Date(Number.NaN) }),
+      batcher.submit({ jti: randomUUID(), sessionId, expiresAt: expiresAt() }),
     ]);
     expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected']);
-    expect((await batcher.consume({ jti: randomUUID(), sessionId, expiresAt: expiresAt() })).won).toBe(true);
+    expect((await batcher.submit({ jti: randomUUID(), sessionId, expiresAt: expiresAt() })).won).toBe(true);
   });
 
   it('gives 1 000 tickets presented 8 times each across two processes exactly 1 000 winners', async () => {
@@ -107,4 +112,35 @@ describe('ticket consumption with group commit', () => {
     // Both processes won some: the race really ran across processes.
     expect(Math.min(one!.won.length, two!.won.length)).toBeGreaterThan(0);
   }, 120_000);
+});
+
+describe('live-console registry with group commit', () => {
+  const row = (session: string, viewOnly = false): LiveRow => ({ id: randomUUID(), sessionId: session, replicaId: 'r1', viewOnly, exclusive: false, ttlMs: 30_000 });
+  const rowsOf = async (session: string) =>
+    (await db.selectFrom('console_live').select(['id', 'exclusive']).where('session_id', '=', session).execute()).length;
+
+  it('adds a burst of consoles in one statement and removes them in one', async () => {
+    const session = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
+    const adding = new GroupCommit((rows: readonly LiveRow[]) => registerConsoles(db, rows));
+    const removing = new GroupCommit((ids: readonly string[]) => unregisterConsoles(db, ids));
+    const rows = Array.from({ length: 50 }, () => row(session));
+    const before = registryStatements;
+    expect(await Promise.all(rows.map((r) => adding.submit(r)))).toEqual(rows.map(() => 'added'));
+    expect(registryStatements - before).toBe(1);
+    expect(await rowsOf(session)).toBe(50);
+    const beforeRemoval = registryStatements;
+    await Promise.all(rows.map((r) => removing.submit(r.id)));
+    expect(registryStatements - beforeRemoval).toBe(1);
+    expect(await rowsOf(session)).toBe(0);
+  });
+
+  it('answers each console of a mixed batch: in exclusive use, view-only beside it, unknown session', async () => {
+    const held = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
+    const free = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
+    await registerExclusiveConsole(db, { ...row(held), exclusive: true });
+    const answers = await registerConsoles(db, [row(held), row(held, true), row(free), row(randomUUID())]);
+    expect(answers).toEqual(['exclusive-held', 'added', 'added', 'no-session']);
+    expect(await rowsOf(held)).toBe(2);
+    expect(await rowsOf(free)).toBe(1);
+  });
 });

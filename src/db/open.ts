@@ -7,6 +7,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { PGliteDialect } from './pglite-dialect.js';
+import { PGliteThread } from './pglite-thread.js';
 import { initdbInChild, isInitialised } from './pglite-initdb.js';
 import { SessionEvents } from './events.js';
 import { CONTROL_CHANNEL, SESSION_CHANNEL, type Database } from './schema.js';
@@ -156,11 +157,10 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   const pgDir = join(dir, 'pglite');
   await mkdir(pgDir, { recursive: true });
   const unlock = await lockDataDir(dir);
-  const { PGlite } = await import('@electric-sql/pglite');
   let pglite;
   try {
     if (!(await isInitialised(pgDir))) await initdbInChild(pgDir);
-    pglite = await PGlite.create(pgDir, { startParams: [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS] });
+    pglite = await PGliteThread.start(pgDir, EMBEDDED_SETTINGS);
   } catch (error) {
     await unlock();
     throw new Error(`embedded database under ${dir} could not be opened: ${(error as Error).message}`, { cause: error });
@@ -175,7 +175,7 @@ async function openEmbedded({ dataDir, log, listen = false }: StoreOptions): Pro
   return {
     db,
     kind: 'embedded',
-    // PGlite's notifications come from inside this process: there is no LISTEN connection to lose.
+    // PGlite's notifications come from its thread in this process: there is no LISTEN connection to lose.
     listenUp: () => undefined,
     poolStats: () => undefined,
     events,

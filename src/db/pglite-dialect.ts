@@ -1,6 +1,6 @@
-// A kysely dialect for the embedded PGlite. PGlite is one connection, so a transaction must hold it
-// alone: acquireConnection is a FIFO mutex. SQL compilation and introspection are PostgreSQL's own.
-import type { PGlite } from '@electric-sql/pglite';
+// A kysely dialect for the embedded PGlite (on its worker thread, pglite-thread.ts). PGlite is one
+// connection, so a transaction must hold it alone: acquireConnection is a FIFO mutex. SQL
+// compilation and introspection are PostgreSQL's own.
 import {
   CompiledQuery,
   PostgresAdapter,
@@ -13,9 +13,10 @@ import {
   type QueryResult,
   type TransactionSettings,
 } from 'kysely';
+import type { PGliteThread } from './pglite-thread.js';
 
 class PGliteConnection implements DatabaseConnection {
-  constructor(private readonly pg: PGlite) {}
+  constructor(private readonly pg: PGliteThread) {}
 
   async executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
     const result = await this.pg.query<R>(query.sql, [...query.parameters]);
@@ -33,13 +34,11 @@ class PGliteDriver implements Driver {
   private tail: Promise<void> = Promise.resolve();
   private readonly releases = new Map<DatabaseConnection, () => void>();
 
-  constructor(private readonly pg: PGlite) {
+  constructor(private readonly pg: PGliteThread) {
     this.connection = new PGliteConnection(pg);
   }
 
-  async init(): Promise<void> {
-    await this.pg.waitReady;
-  }
+  async init(): Promise<void> {}
 
   async acquireConnection(): Promise<DatabaseConnection> {
     const previous = this.tail;
@@ -75,7 +74,7 @@ class PGliteDriver implements Driver {
 }
 
 export class PGliteDialect implements Dialect {
-  constructor(private readonly pg: PGlite) {}
+  constructor(private readonly pg: PGliteThread) {}
   createAdapter() {
     return new PostgresAdapter();
   }

@@ -192,10 +192,13 @@ export async function startServe(config: Config, log: Logger): Promise<Running> 
       reconciler: housekeeping.reconciler,
       stop: () =>
         (stopping ??= (async () => {
+          // The drain starts at once (readyz 503, new consoles refused) while the sidecars finish
+          // their current pass; the database closes after all of them.
+          const drained = gateway.close();
           await admin?.close();
           await housekeeping.stop();
           await gate?.stop();
-          await gateway.close();
+          await drained;
           await store.close();
         })()),
     };

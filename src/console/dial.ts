@@ -33,9 +33,12 @@ export function dial(endpoint: VmEndpoint, timeoutMs: number, signal: AbortSigna
     vm.on('error', onError);
     vm.once('connect', () => {
       done();
-      // Errors after this point are the pump's; keep one listener so none can crash the process.
-      vm.on('error', () => {});
+      // Errors after this point are the pump's; keep one listener so none can crash the process
+      // (a module-level function: a closure here would keep this whole dial alive with the console).
+      vm.on('error', ignoreError);
       resolve(vm);
     });
   });
 }
+
+function ignoreError(): void {}

@@ -38,7 +38,8 @@ export class LiveRegistry {
   readonly replicaId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   private readonly pending = new Map<string, ClaimOptions & { ended?: [ErrorCode, string] }>();
   /** Claims not yet released, so stop() can let their rows go before the database closes. */
-  private readonly held = new Set<Promise<void>>();
+  private unreleased = 0;
+  private onAllReleased: (() => void) | undefined;
   private readonly renewer: NodeJS.Timeout;
   // The connect path's registry writes, group-committed: one statement per burst, not per console.
   private readonly adding: GroupCommit<LiveRow, Registration>;
@@ -78,9 +79,8 @@ export class LiveRegistry {
       this.pending.delete(consoleId);
       throw error;
     }
-    let released!: () => void;
-    const held = new Promise<void>((resolve) => (released = resolve));
-    this.held.add(held);
+    this.unreleased++;
+    let released = false;
     return {
       live: () => {
         const ended = this.pending.get(consoleId)?.ended;
@@ -89,10 +89,11 @@ export class LiveRegistry {
         for (const c of this.consoles.live) if (c.id === consoleId) c.end(...ended);
       },
       release: async () => {
+        if (released) return;
+        released = true;
         this.pending.delete(consoleId);
         await this.removing.submit(consoleId).catch((error) => this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire'));
-        this.held.delete(held);
-        released();
+        if (--this.unreleased === 0) this.onAllReleased?.();
       },
     };
   }
@@ -102,7 +103,9 @@ export class LiveRegistry {
     clearInterval(this.renewer);
     this.events.off('control', this.onControl);
     const grace = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
-    await Promise.race([Promise.all(this.held), grace]);
+    const allReleased = new Promise<void>((resolve) => (this.onAllReleased = resolve));
+    if (this.unreleased === 0) return;
+    await Promise.race([allReleased, grace]);
   }
 }
 

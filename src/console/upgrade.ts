@@ -31,7 +31,7 @@ import type { Limits } from './limits.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
-import type { LiveRegistry } from './live-registry.js';
+import type { Claim, LiveRegistry } from './live-registry.js';
 import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
@@ -93,7 +93,7 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     const token = ticketOf(req);
     if (token === undefined) throw new GatewayError('TICKET_MISSING', 'no ticket: open the console through your platform');
     const claims = await phase('ticket', () => tickets.verify(token));
-    log = log.child({ sessionId: claims.sessionId });
+    log = deps.log.child({ consoleId, clientAddress: client, sessionId: claims.sessionId });
     // Before the ticket is consumed: a console refused for the session's cap keeps its ticket.
     held.push(limits.holdSession(claims.sessionId));
     const current = await phase('database', () => databaseStep(tickets.consume(claims)));
@@ -130,8 +130,8 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       throw error;
     });
     socket.off('close', browserGone);
+    let running: Promise<void>;
     try {
-      let running: Promise<void>;
       if (session.protocol === 'websockify' && !isSocketTarget(target)) {
         const hostHeader = `${target.host}:${target.port}`;
         const path = target.path ?? '/';
@@ -143,11 +143,12 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
         answered = true;
         running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
       }
-      claim.live();
-      await running;
-    } finally {
+    } catch (error) {
       await claim.release();
+      throw error;
     }
+    claim.live();
+    letRun(running, held.splice(0), claim, log);
   } catch (error) {
     limits.noteRefusal(client, error);
     refuse(error);
@@ -155,6 +156,21 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     socket.off('close', browserGone);
     for (const release of held) release();
   }
+}
+
+/**
+ * The console runs on its own from here; its limits and registry row are let go when it ends.
+ * serveConsole returns rather than waiting for the end, so its frame (the request, the ticket, the
+ * session row) is not held for the console's whole life: a few KiB of every idle console. A
+ * function of its own, so the closures below hold only what they name.
+ */
+function letRun(running: Promise<void>, releases: (() => void)[], claim: Claim, log: Logger): void {
+  void running
+    .catch((error: unknown) => log.error({ err: error }, 'console ended unexpectedly'))
+    .finally(() => {
+      for (const release of releases) release();
+      return claim.release();
+    });
 }
 
 /** Times a step of the upgrade into console_gateway_upgrade_phase_duration_seconds{phase}. */

@@ -55,6 +55,7 @@ async function main() {
     firstFrameReps: num('BENCH_FIRST_FRAME_REPS', 5, 2),
     postgres: env.BENCH_POSTGRES !== '0',
     idleCounts: (env.BENCH_IDLE_COUNTS ?? (QUICK ? '200,1000' : '1000,10000')).split(',').map(Number),
+    idleStarts: num('BENCH_IDLE_STARTS', 5, 1),
     websockifyIdle: num('BENCH_WEBSOCKIFY_IDLE', 500, 100), // Debian websockify 0.10 refuses (1006) beyond ~508 concurrent consoles per instance
     cpuProfile: env.BENCH_CPU_PROFILE === '1',
     phases: new Set((env.BENCH_PHASES ?? 'firstframe,down,up,rtt,checksum,connects,idle,idlewsf').split(',')),
@@ -492,24 +493,40 @@ async function main() {
     if (cfg.phases.has('idle')) {
     const memoryRuns = [
       { key: 'gateway', label: 'embedded', counts: idleCounts },
-      ...(pgAdmin ? [{ key: 'gatewayPg', label: 'PostgreSQL', counts: idleCounts.slice(0, 1), pg: true }] : []),
+      ...(pgAdmin ? [{ key: 'gatewayPg', label: 'PostgreSQL', counts: idleCounts, pg: true }] : []),
     ];
-    for (const run of memoryRuns) {
-    log(`idle memory: fresh gateway on ${run.label === 'embedded' ? 'a fresh embedded data directory' : 'a fresh PostgreSQL database'}`);
-    const gwIdle = await startGw(`idle-${run.key}`, undefined, ['--expose-gc', '--require', join(HERE, 'gc-on-signal.cjs')], run.pg ? await freshPgDatabase() : undefined);
-    const settledRss = async () => {
+    let idleStart = 0;
+    const startIdleGw = async (run) =>
+      startGw(`idle-${run.key}-${++idleStart}`, undefined, ['--expose-gc', '--require', join(HERE, 'gc-on-signal.cjs')], run.pg ? await freshPgDatabase() : undefined);
+    const settledRssOf = async (pid) => {
       // Full GC (bench/gc-on-signal.cjs), settle, three samples; the median is the reading.
       const samples = [];
       for (let i = 0; i < 3; i++) {
-        try { process.kill(gwIdle.pid, 'SIGUSR2'); } catch {}
+        try { process.kill(pid, 'SIGUSR2'); } catch {}
         await sleep(700);
-        samples.push(rssKiB([gwIdle.pid]));
+        samples.push(rssKiB([pid]));
       }
       return median(samples);
     };
-    // The idle serve as a new user meets it: started, nothing connected yet.
+    // The idle serve as a new user meets it: started, nothing connected yet, 2 s after it listens.
+    // One fresh start differs from the next by tens of MiB (heap and code-space growth steps), so
+    // the reading is the median over BENCH_IDLE_STARTS fresh starts per database, interleaved.
+    const idleReadings = new Map(memoryRuns.map((run) => [run.key, []]));
+    for (let i = 1; i < cfg.idleStarts; i++) {
+      for (const run of memoryRuns) {
+        const g = await startIdleGw(run);
+        await sleep(2000);
+        idleReadings.get(run.key).push(await settledRssOf(g.pid));
+        await stopProcess(g);
+      }
+    }
+    for (const run of memoryRuns) {
+    log(`idle memory: fresh gateway on ${run.label === 'embedded' ? 'a fresh embedded data directory' : 'a fresh PostgreSQL database'}`);
+    const gwIdle = await startIdleGw(run);
+    const settledRss = () => settledRssOf(gwIdle.pid);
     await sleep(2000);
-    const idleRss = await settledRss();
+    idleReadings.get(run.key).push(await settledRss());
+    const idleRss = median(idleReadings.get(run.key));
     const idleSession = await (async () => {
       const res = await fetch(`http://127.0.0.1:${gwIdle.port}/api/v1/sessions`, {
         method: 'POST',
@@ -529,7 +546,8 @@ async function main() {
       const base = await settledRss();
       const held = [];
       results.idle[run.key] = { idleRssKiB: idleRss, baseRssKiB: base, points: [] };
-      log(`  ${run.label}: idle serve RSS ${(idleRss / 1024).toFixed(0)} MiB; after 500 connects ${(base / 1024).toFixed(0)} MiB`);
+      results.idle[run.key].idleRssStartsKiB = idleReadings.get(run.key);
+      log(`  ${run.label}: idle serve RSS ${(idleRss / 1024).toFixed(0)} MiB (median of ${idleReadings.get(run.key).map((k) => (k / 1024).toFixed(0)).join(', ')}); after 500 connects ${(base / 1024).toFixed(0)} MiB`);
       for (const { requested, measured } of run.counts) {
         const r = await openIdle(gwIdlePath, measured, held);
         await sleep(1000);

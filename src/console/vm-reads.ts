@@ -13,9 +13,11 @@ import type { Socket } from 'node:net';
 /** Room for the longest server-to-client frame header (2 + 8 bytes). */
 export const HEADROOM = 10;
 const SHARED_SIZE = 16 * 1024;
-const SLAB_SIZE = 64 * 1024;
-/** Slabs kept for reuse; more are allocated while more sockets stream at once. */
-const POOL_MAX = 64;
+// 256 KiB, not Node's 64: a quarter of the reads, callbacks and writes per GiB streamed (bench:
+// 0.96 -> 0.84 CPU s/GiB VM -> browser), and a streaming console holds one slab at a time.
+const SLAB_SIZE = 256 * 1024;
+/** Slabs kept for reuse (4 MiB); more are allocated while more sockets stream at once. */
+const POOL_MAX = 16;
 
 export interface Slab {
   /** HEADROOM + SLAB_SIZE bytes. */

@@ -1,6 +1,9 @@
 // What a test checks about how a console ended: the close the browser got, the change in
 // console_gateway_closes_total by code, and the gateway's one log line about it.
+import type { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 import { expect, vi } from 'vitest';
+import type { WebSocket } from 'ws';
 import type { TestGateway } from './gateway.js';
 
 export type Closes = Record<string, number>;
@@ -43,4 +46,23 @@ export async function expectEnding(
     expect(line).toMatchObject({ seconds: expect.any(Number), bytesDown: expect.any(Number), bytesUp: expect.any(Number) });
   }
   return line;
+}
+
+/**
+ * Stops the session of a console whose browser reads nothing (so never answers the close frame)
+ * and checks the gateway lets the console go within seconds, not ws's 30: the VM side closes and
+ * the console leaves the live set.
+ */
+export async function expectSilentBrowserDropped(
+  gateway: TestGateway,
+  c: { id: string; ws: WebSocket; vm: EventEmitter },
+): Promise<void> {
+  (c.ws as unknown as { _socket: Socket })._socket.pause();
+  const vmClosed = new Promise((resolve) => c.vm.on('close', resolve));
+  const started = Date.now();
+  await gateway.api('DELETE', `/api/v1/sessions/${c.id}`);
+  await vmClosed;
+  await vi.waitFor(() => expect(gateway.running.gateway.consoles.live.size).toBe(0), { timeout: 10_000 });
+  expect(Date.now() - started).toBeLessThan(10_000);
+  c.ws.terminate();
 }

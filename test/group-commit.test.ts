@@ -17,6 +17,10 @@ import { createSession } from '../src/db/sessions.js';
 import { GroupCommit } from '../src/db/group-commit.js';
 import { consumeTickets } from '../src/db/tickets.js';
 import { registerConsoles, registerExclusiveConsole, unregisterConsoles, type LiveRow } from '../src/db/live-consoles.js';
+import { Consoles } from '../src/console/consoles.js';
+import { LiveRegistry } from '../src/console/live-registry.js';
+import { SessionEvents } from '../src/db/events.js';
+import { createLogger } from '../src/ops/log.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 const SECRET = 'group-commit-secret-of-at-least-32-bytes';
@@ -142,5 +146,39 @@ describe('live-console registry with group commit', () => {
     expect(answers).toEqual(['exclusive-held', 'added', 'added', 'no-session']);
     expect(await rowsOf(held)).toBe(2);
     expect(await rowsOf(free)).toBe(1);
+  });
+});
+
+describe('the live registry answering a claim', () => {
+  it('refuses with the documented codes, and lets a released console go once', async () => {
+    const events = new SessionEvents();
+    const consoles = new Consoles(events, { idleTimeoutMs: 0, maxDurationMs: 0, heartbeatMs: 30_000 });
+    const registry = new LiveRegistry(db, events, consoles, createLogger('silent'));
+    try {
+      const session = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
+      const claim = (consoleId: string, sessionId: string, o: { viewOnly?: boolean; exclusive?: boolean } = {}) =>
+        registry.claim({ consoleId, sessionId, viewOnly: o.viewOnly ?? false, exclusive: o.exclusive ?? false });
+
+      // A session that is gone (deleted between the ticket and the registration): 4404, not a database error.
+      await expect(claim('c0', randomUUID())).rejects.toMatchObject({ code: 'SESSION_NOT_FOUND', message: 'unknown console session' });
+
+      const exclusive = await claim('c1', session, { exclusive: true });
+      await expect(claim('c2', session)).rejects.toMatchObject({ code: 'CONSOLE_IN_EXCLUSIVE_USE', message: 'the console is in exclusive use' });
+      const viewer = await claim('c3', session, { viewOnly: true });
+      const rows = async () => (await db.selectFrom('console_live').select('id').where('session_id', '=', session).orderBy('id').execute()).map((r) => r.id);
+      expect(await rows()).toEqual(['c1', 'c3']);
+
+      await exclusive.release();
+      await exclusive.release();
+      await viewer.release();
+      expect(await rows()).toEqual([]);
+      // Every claim was released: stop() does not wait out its grace period.
+      const started = Date.now();
+      await registry.stop(5_000);
+      expect(Date.now() - started).toBeLessThan(1_000);
+    } finally {
+      consoles.stop();
+      await registry.stop(0);
+    }
   });
 });

@@ -5,12 +5,12 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createDatabase, startPostgres } from './postgres.mjs';
 import { expectedSha256 } from './stream.mjs';
+import { connectTcp, connectWs } from './ws-client.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -29,7 +29,6 @@ if (!process.env.BENCH_REEXEC) {
 
 async function main() {
   const lib = await import('./lib.mjs');
-  const { WebSocket } = await import('ws');
   if (!existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('dist/ is missing: run `npm run build` first');
   const { mintTicket } = await import('../dist/console/ticket.js');
   const { startProcess, startListening, stopProcess, stopAll, tree, cpuOf, cpuSplitOf, rssKiB, pssKiB, sleep, median, percentile, childrenOf } = lib;
@@ -112,7 +111,7 @@ async function main() {
     };
 
     const profileDir = cfg.cpuProfile ? join(HERE, 'results', `profile-${ts}`) : undefined;
-    const gw = await startGw('main', profileDir);
+    const gw = await startGw('main', profileDir, (env.BENCH_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean));
     log(`gateway pid ${gw.pid} on 127.0.0.1:${gw.port}`);
     const api = async (method, path, body) => {
       const res = await fetch(`http://127.0.0.1:${gw.port}${path}`, {
@@ -185,8 +184,8 @@ async function main() {
     };
 
     // ----------------------------------------------------------------------- client connections
-    function wrap(kind, sock, ws) {
-      const c = { kind, sock, ws, handler: null, closed: false };
+    function wrap(kind) {
+      const c = { kind, sock: undefined, ws: undefined, handler: null, closed: false };
       let bannerBuf = Buffer.alloc(0);
       c.banner = new Promise((resolve, reject) => {
         c.handler = (buf) => {
@@ -200,38 +199,27 @@ async function main() {
       });
       c.banner.catch(() => {});
       c.deliver = (buf) => c.handler?.(buf);
-      c.write = (buf, cb) => (kind === 'tcp' ? sock.write(buf, cb) : ws.send(buf, { binary: true }, cb));
+      c.write = (buf, cb) => (kind === 'tcp' ? c.sock.write(buf, cb) : c.ws.send(buf, cb));
       c.destroy = () => {
         c.closed = true;
-        if (kind === 'tcp') sock.destroy();
-        else ws.terminate();
+        if (kind === 'tcp') c.sock.destroy();
+        else c.ws.terminate();
       };
       return c;
     }
     function openTcp(port) {
       return new Promise((resolve, reject) => {
-        const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
-        const c = wrap('tcp', s);
-        s.on('data', (b) => c.deliver(b));
+        const c = wrap('tcp');
+        const s = (c.sock = connectTcp({ host: '127.0.0.1', port }, (b) => c.deliver(b)));
         s.on('error', (e) => { c.failBanner(e); reject(e); });
         s.on('close', () => c.failBanner(new Error('closed')));
         s.once('connect', () => resolve(c));
       });
     }
-    function zeroMask(mask) {
-      mask.fill(0);
-    }
     function openWs(url) {
-      return new Promise((resolve, reject) => {
-        // An all-zero masking key makes ws skip masking on the client side (the client's CPU is not
-        // what we measure); the proxy still unmasks every byte exactly as for a browser's random key.
-        const ws = new WebSocket(url, ['binary'], { perMessageDeflate: false, maxPayload: 0, generateMask: zeroMask });
-        const c = wrap('ws', null, ws);
-        ws.on('message', (b) => c.deliver(b));
-        ws.on('error', (e) => { c.failBanner(e); reject(e); });
-        ws.on('close', (code, reason) => c.failBanner(new Error(`closed ${code} ${reason}`)));
-        ws.once('open', () => { c.sock = ws._socket; c.sock.setNoDelay(true); resolve(c); });
-      });
+      const c = wrap('ws');
+      const events = { onData: (b) => c.deliver(b), onClose: (why) => c.failBanner(new Error(why)) };
+      return connectWs(url, events).then((conn) => Object.assign(c, { sock: conn.socket, ws: conn }));
     }
     const expectBytes = (c, n) => new Promise((resolve, reject) => {
       let got = 0;
@@ -269,15 +257,17 @@ async function main() {
       const c = await p.open();
       await c.banner;
       const cpu0 = cpuOf(p.pids()); const xcpu0 = cpuOf(p.extraPids?.() ?? []); const split0 = cpuSplitOf(p.pids());
+      const client0 = process.cpuUsage(); const vm0 = cpuOf([vm.pid]);
       const t0 = performance.now();
       const done = expectBytes(c, bytes);
       await cmd(c, `D ${bytes}\n`);
       await done;
       const secs = (performance.now() - t0) / 1000;
       const cpu = cpuOf(p.pids()) - cpu0; const xcpu = cpuOf(p.extraPids?.() ?? []) - xcpu0; const split1 = cpuSplitOf(p.pids());
+      const client = process.cpuUsage(client0); const vmCpu = cpuOf([vm.pid]) - vm0;
       c.destroy();
       const gib = bytes / GiB;
-      return { mibps: bytes / MiB / secs, cpuPerGiB: cpu / gib, userPerGiB: (split1.user - split0.user) / gib, sysPerGiB: (split1.sys - split0.sys) / gib, extraCpuPerGiB: xcpu / gib, seconds: secs };
+      return { mibps: bytes / MiB / secs, cpuPerGiB: cpu / gib, userPerGiB: (split1.user - split0.user) / gib, sysPerGiB: (split1.sys - split0.sys) / gib, extraCpuPerGiB: xcpu / gib, clientCpuPerGiB: (client.user + client.system) / 1e6 / gib, vmCpuPerGiB: vmCpu / gib, seconds: secs };
     }
     async function measureUp(p, bytes) {
       const c = await p.open();
@@ -390,7 +380,7 @@ async function main() {
       }
       for (const key of keys) {
         const { down, up, rtt } = results[mode][key];
-        log(`  ${paths[key].label}: down ${down.mibps.toFixed(0)} MiB/s ${down.cpuPerGiB.toFixed(2)} s/GiB (user ${down.userPerGiB.toFixed(2)} sys ${down.sysPerGiB.toFixed(2)}); up ${up.mibps.toFixed(0)} MiB/s ${up.cpuPerGiB.toFixed(2)} s/GiB (user ${up.userPerGiB.toFixed(2)} sys ${up.sysPerGiB.toFixed(2)}); rtt p50 ${rtt.p50us.toFixed(0)} µs p99 ${rtt.p99us.toFixed(0)} µs`);
+        log(`  ${paths[key].label}: down ${down.mibps.toFixed(0)} MiB/s ${down.cpuPerGiB.toFixed(2)} s/GiB (user ${down.userPerGiB.toFixed(2)} sys ${down.sysPerGiB.toFixed(2)}; client ${down.clientCpuPerGiB?.toFixed(2)}, VM ${down.vmCpuPerGiB?.toFixed(2)}); up ${up.mibps.toFixed(0)} MiB/s ${up.cpuPerGiB.toFixed(2)} s/GiB (user ${up.userPerGiB.toFixed(2)} sys ${up.sysPerGiB.toFixed(2)}); rtt p50 ${rtt.p50us.toFixed(0)} µs p99 ${rtt.p99us.toFixed(0)} µs`);
       }
     }
 
@@ -738,6 +728,7 @@ function render(r, cfg) {
   lines.push(row(['proxy CPU s/GiB upstream', '-', f(g.up.cpuPerGiB, 2), f(w.up.cpuPerGiB, 2), f(rl.up.cpuPerGiB, 2), `${f(cu, 2)}× wsf  ≤0.30× ${verdict(cu <= 0.3, cu)}`], W));
   lines.push(row(['  of which user / sys, down', '-', `${f(g.down.userPerGiB, 2)} / ${f(g.down.sysPerGiB, 2)}`, `${f(w.down.userPerGiB, 2)} / ${f(w.down.sysPerGiB, 2)}`, `${f(rl.down.userPerGiB, 2)} / ${f(rl.down.sysPerGiB, 2)}`, ''], W));
   lines.push(row(['  of which user / sys, up', '-', `${f(g.up.userPerGiB, 2)} / ${f(g.up.sysPerGiB, 2)}`, `${f(w.up.userPerGiB, 2)} / ${f(w.up.sysPerGiB, 2)}`, `${f(rl.up.userPerGiB, 2)} / ${f(rl.up.sysPerGiB, 2)}`, ''], W));
+  lines.push(row(['client + VM CPU s/GiB down (info)', `${f(t.down.clientCpuPerGiB, 2)} + ${f(t.down.vmCpuPerGiB, 2)}`, `${f(g.down.clientCpuPerGiB, 2)} + ${f(g.down.vmCpuPerGiB, 2)}`, `${f(w.down.clientCpuPerGiB, 2)} + ${f(w.down.vmCpuPerGiB, 2)}`, `${f(rl.down.clientCpuPerGiB, 2)} + ${f(rl.down.vmCpuPerGiB, 2)}`, ''], W));
   const rp = ratio(g.rtt.p50us, w.rtt.p50us);
   lines.push(row([`${cfg.rttBytes}-byte RTT p50 µs`, f(t.rtt.p50us), f(g.rtt.p50us), f(w.rtt.p50us), f(rl.rtt.p50us), `${f(rp, 2)}× wsf  ≤1.00× ${verdict(rp <= 1, rp)}`], W));
   lines.push(row([`${cfg.rttBytes}-byte RTT p99 µs`, f(t.rtt.p99us), f(g.rtt.p99us), f(w.rtt.p99us), f(rl.rtt.p99us), `${f(ratio(g.rtt.p99us, w.rtt.p99us), 2)}× wsf`], W));

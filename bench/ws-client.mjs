@@ -6,8 +6,7 @@
 // read into one shared buffer. Frames are masked with a fixed non-zero key, as a browser's random
 // key would be (ws, and so the gateway, skips unmasking for an all-zero key), and the masked copy
 // of a buffer sent again and again is kept, so the proxy unmasks every byte while the client does
-// not mask each time.
-// Every proxy is measured through this same client.
+// not mask each time. Every proxy is measured through this same client.
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 

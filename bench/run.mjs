@@ -48,6 +48,7 @@ async function main() {
     rttCount: num('BENCH_RTT_N', 2000, 300),
     rttBytes: 32,
     connectSeconds: num('BENCH_CONNECT_SECONDS', 3, 1),
+    connectWarmSeconds: num('BENCH_CONNECT_WARM_SECONDS', 2, 1),
     connectConcurrency: num('BENCH_CONNECT_CONCURRENCY', 100, 100),
     connectSessions: num('BENCH_CONNECT_SESSIONS', 100, 100),
     checksumMiB: num('BENCH_CHECKSUM_MIB', 1024, 64),
@@ -133,7 +134,7 @@ async function main() {
     const freshPgDatabase = async () => createDatabase(pgAdmin.url, `bench_${++pgDatabases}`);
     if (cfg.postgres && !cfg.databaseUrl && existsSync('/usr/lib/postgresql/15/bin/postgres')) {
       pgAdmin = await startPostgres(lib);
-      gwPg = await startGw('pg', undefined, [], await freshPgDatabase());
+      gwPg = await startGw('pg', profileDir && join(profileDir, 'pg'), (env.BENCH_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean), await freshPgDatabase());
       pgSession = await (await fetch(`http://127.0.0.1:${gwPg.port}/api/v1/sessions`, {
         method: 'POST',
         headers: { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' },
@@ -408,11 +409,19 @@ async function main() {
       const saved = { gateway: paths.gateway.open, gatewayPg: paths.gatewayPg.open };
       paths.gateway.open = () => openWs(gwUrl(fleets.gateway.pool.pop()));
       if (gwPg) paths.gatewayPg.open = () => openWs(`ws://127.0.0.1:${gwPg.port}/websockify?ticket=${fleets.gatewayPg.pool.pop()}`);
+      const fill = (key, seconds) => (fleets[key] ? fillFleet(fleets[key], Math.ceil(seconds * (key === 'gateway' ? 2500 : 4000))) : undefined);
+      // A gateway runs for days: its connect path is measured once the JIT has compiled it, as are
+      // the others'. Without this the first repetitions carry the optimising compiler's work.
+      log(`connects/s: warm-up ${cfg.connectWarmSeconds} s each`);
+      for (const key of keys) {
+        await fill(key, cfg.connectWarmSeconds);
+        await measureConnects(paths[key], cfg.connectWarmSeconds, cfg.connectConcurrency);
+      }
       log(`connects/s: ${cfg.connectSeconds} s × ${cfg.reps}, ${cfg.connectConcurrency} at a time over ${cfg.connectSessions} sessions, interleaved`);
       const out = await interleaved(
         keys,
         (p) => measureConnects(p, cfg.connectSeconds, cfg.connectConcurrency),
-        (key) => (fleets[key] ? fillFleet(fleets[key], Math.ceil(cfg.connectSeconds * (key === 'gateway' ? 2500 : 4000))) : undefined),
+        (key) => fill(key, cfg.connectSeconds),
       );
       Object.assign(paths.gateway, { open: saved.gateway });
       Object.assign(paths.gatewayPg, { open: saved.gatewayPg });
@@ -454,7 +463,8 @@ async function main() {
 
     if (profileDir) {
       await stopProcess(gw, 15_000);
-      results.notes.push(`CPU figures inflated by --cpu-prof; profile of the main gateway in ${profileDir} (node bench/profile-summary.mjs <file>)`);
+      if (gwPg) await stopProcess(gwPg, 15_000);
+      results.notes.push(`CPU figures inflated by --cpu-prof; profiles of the gateway in ${profileDir}, on PostgreSQL in ${profileDir}/pg (node bench/profile-summary.mjs <file>)`);
     }
 
     // ----------------------------------------------------------------------- idle memory

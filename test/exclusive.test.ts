@@ -97,6 +97,20 @@ describe('exclusive consoles across replicas', () => {
     expect((await a.api('GET', `/api/v1/sessions/${id}/consoles/close`)).status).toBe(405);
   });
 
+  it('counts a console still waiting for its VM, and a kick refuses it with the reason', async () => {
+    // No VM address yet: the console waits for one to be committed.
+    const id = (await a.api('POST', '/api/v1/sessions', { protocol: 'vnc' })).body.id;
+    const started = Date.now();
+    const waiting = openConsole(`${wsOf(b.url)}?ticket=${await ticket(id)}`);
+    await expect.poll(() => consolesOf(id), { timeout: 5_000 }).toEqual({ live: 1, exclusive: false });
+    expect((await a.api('POST', `/api/v1/sessions/${id}/consoles/close`)).body).toEqual({ closed: 1 });
+    const refused = await waiting;
+    expect([refused.code, refused.reason, refused.messages.length]).toEqual([4409, 'the console was closed by an administrator', 0]);
+    // Refused by the kick, not by the end of its wait.
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await expect.poll(() => consolesOf(id), { timeout: 5_000 }).toEqual({ live: 0, exclusive: false });
+  });
+
   it('forgets the consoles of a replica that stopped renewing them', async () => {
     const id = await session();
     const admin = new pg.Client({ connectionString: database.url });

@@ -16,7 +16,7 @@ import type { Database } from '../src/db/schema.js';
 import { createSession } from '../src/db/sessions.js';
 import { GroupCommit } from '../src/db/group-commit.js';
 import { consumeTickets } from '../src/db/tickets.js';
-import { registerConsoles, registerExclusiveConsole, unregisterConsoles, type LiveRow } from '../src/db/live-consoles.js';
+import { registerExclusiveConsole, unregisterConsoles } from '../src/db/live-consoles.js';
 import { Consoles } from '../src/console/consoles.js';
 import { LiveRegistry } from '../src/console/live-registry.js';
 import { SessionEvents } from '../src/db/events.js';
@@ -51,6 +51,7 @@ afterAll(async () => {
 
 const ticketBatcher = () => new GroupCommit((batch: Parameters<typeof consumeTickets>[1]) => consumeTickets(db, batch));
 const expiresAt = () => new Date(Date.now() + 60_000);
+const newSession = async () => (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
 
 /** Starts one presenting process; resolves once it is ready to present. */
 function presenter(file: string, copies: number, order = 'forward') {
@@ -119,60 +120,94 @@ describe('ticket consumption with group commit', () => {
 });
 
 describe('live-console registry with group commit', () => {
-  const row = (session: string, viewOnly = false): LiveRow => ({ id: randomUUID(), sessionId: session, replicaId: 'r1', viewOnly, exclusive: false, ttlMs: 30_000 });
+  const console_ = (viewOnly = false) => ({ id: randomUUID(), replicaId: 'r1', viewOnly, ttlMs: 30_000 });
   const rowsOf = async (session: string) =>
     (await db.selectFrom('console_live').select(['id', 'exclusive']).where('session_id', '=', session).execute()).length;
 
-  it('adds a burst of consoles in one statement and removes them in one', async () => {
-    const session = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
-    const adding = new GroupCommit((rows: readonly LiveRow[]) => registerConsoles(db, rows));
-    const removing = new GroupCommit((ids: readonly string[]) => unregisterConsoles(db, ids));
-    const rows = Array.from({ length: 50 }, () => row(session));
-    const before = registryStatements;
-    expect(await Promise.all(rows.map((r) => adding.submit(r)))).toEqual(rows.map(() => 'added'));
-    expect(registryStatements - before).toBe(1);
+  it('registers the consoles of a burst of connects in their consume statement, and removes them in one', async () => {
+    const session = await newSession();
+    const batcher = ticketBatcher();
+    const removing = new GroupCommit((ids: readonly string[]) => unregisterConsoles(db, ids), 50);
+    const presentations = Array.from({ length: 50 }, () => ({ jti: randomUUID(), sessionId: session, expiresAt: expiresAt(), console: console_() }));
+    const before = { tickets: statements, registry: registryStatements };
+    const answers = await Promise.all(presentations.map((p) => batcher.submit(p)));
+    expect(answers.map((a) => [a.won, a.registration])).toEqual(presentations.map(() => [true, 'added']));
+    // One statement consumed the tickets and registered the consoles.
+    expect(statements - before.tickets).toBe(1);
     expect(await rowsOf(session)).toBe(50);
     const beforeRemoval = registryStatements;
-    await Promise.all(rows.map((r) => removing.submit(r.id)));
+    // Ends that arrive within the linger share one statement, even when they do not share a turn.
+    await Promise.all(presentations.map(async (p, i) => (await new Promise((r) => setTimeout(r, i % 3)), removing.submit(p.console.id))));
     expect(registryStatements - beforeRemoval).toBe(1);
     expect(await rowsOf(session)).toBe(0);
   });
 
-  it('answers each console of a mixed batch: in exclusive use, view-only beside it, unknown session', async () => {
-    const held = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
-    const free = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
-    await registerExclusiveConsole(db, { ...row(held), exclusive: true });
-    const answers = await registerConsoles(db, [row(held), row(held, true), row(free), row(randomUUID())]);
-    expect(answers).toEqual(['exclusive-held', 'added', 'added', 'no-session']);
+  it('answers each console of a mixed batch: in exclusive use, view-only beside it, unknown session, ticket lost', async () => {
+    const held = await newSession();
+    const free = await newSession();
+    await registerExclusiveConsole(db, { id: randomUUID(), sessionId: held, replicaId: 'r1', viewOnly: false, exclusive: true, ttlMs: 30_000 });
+    const used = randomUUID();
+    await consumeTickets(db, [{ jti: used, sessionId: free, expiresAt: expiresAt() }]);
+    const answers = await consumeTickets(db, [
+      { jti: randomUUID(), sessionId: held, expiresAt: expiresAt(), console: console_() },
+      { jti: randomUUID(), sessionId: held, expiresAt: expiresAt(), console: console_(true) },
+      { jti: randomUUID(), sessionId: free, expiresAt: expiresAt(), console: console_() },
+      { jti: randomUUID(), sessionId: randomUUID(), expiresAt: expiresAt(), console: console_() },
+      { jti: used, sessionId: free, expiresAt: expiresAt(), console: console_() },
+    ]);
+    expect(answers.map((a) => [a.won, a.registration])).toEqual([
+      [true, 'exclusive-held'],
+      [true, 'added'],
+      [true, 'added'],
+      [true, 'no-session'],
+      [false, undefined],
+    ]);
     expect(await rowsOf(held)).toBe(2);
     expect(await rowsOf(free)).toBe(1);
   });
 });
 
 describe('the live registry answering a claim', () => {
-  it('refuses with the documented codes, and lets a released console go once', async () => {
+  it('refuses with the documented codes, tells a pending console it was kicked, and lets a console go once', async () => {
     const events = new SessionEvents();
     const consoles = new Consoles(events, { idleTimeoutMs: 0, maxDurationMs: 0, heartbeatMs: 30_000 });
     const registry = new LiveRegistry(db, events, consoles, createLogger('silent'));
     try {
-      const session = (await createSession(db, { protocol: 'vnc', target: { host: '127.0.0.1', port: 5900, path: null }, gatingEnabled: false })).id;
-      const claim = (consoleId: string, sessionId: string, o: { viewOnly?: boolean; exclusive?: boolean } = {}) =>
-        registry.claim({ consoleId, sessionId, viewOnly: o.viewOnly ?? false, exclusive: o.exclusive ?? false });
+      const session = await newSession();
+      const ended: string[] = [];
+      /** What the connect path does: begin, consume (which registers), then claim once the VM answered. */
+      const connect = async (consoleId: string, sessionId: string, o: { viewOnly?: boolean; exclusive?: boolean } = {}) => {
+        const pending = registry.begin({ consoleId, sessionId, viewOnly: o.viewOnly ?? false, exclusive: o.exclusive ?? false, onEnd: (code) => ended.push(`${consoleId} ${code}`) });
+        try {
+          const [answer] = await consumeTickets(db, [{ jti: randomUUID(), sessionId, expiresAt: expiresAt(), console: pending.row }]);
+          if (answer!.session === undefined) throw Object.assign(new Error('unknown'), { code: 'SESSION_NOT_FOUND' });
+          pending.registered(answer!.registration);
+          return { pending, claim: await pending.claim() };
+        } catch (error) {
+          await pending.cancel();
+          throw error;
+        }
+      };
+      const rows = async () => (await db.selectFrom('console_live').select('id').where('session_id', '=', session).orderBy('id').execute()).map((r) => r.id);
 
       // A session that is gone (deleted between the ticket and the registration): 4404, not a database error.
-      await expect(claim('c0', randomUUID())).rejects.toMatchObject({ code: 'SESSION_NOT_FOUND', message: 'unknown console session' });
+      await expect(connect('c0', randomUUID())).rejects.toMatchObject({ code: 'SESSION_NOT_FOUND' });
 
-      const exclusive = await claim('c1', session, { exclusive: true });
-      await expect(claim('c2', session)).rejects.toMatchObject({ code: 'CONSOLE_IN_EXCLUSIVE_USE', message: 'the console is in exclusive use' });
-      const viewer = await claim('c3', session, { viewOnly: true });
-      const rows = async () => (await db.selectFrom('console_live').select('id').where('session_id', '=', session).orderBy('id').execute()).map((r) => r.id);
+      const exclusive = await connect('c1', session, { exclusive: true });
+      await expect(connect('c2', session)).rejects.toMatchObject({ code: 'CONSOLE_IN_EXCLUSIVE_USE', message: 'the console is in exclusive use' });
+      const viewer = await connect('c3', session, { viewOnly: true });
       expect(await rows()).toEqual(['c1', 'c3']);
 
-      await exclusive.release();
-      await exclusive.release();
-      await viewer.release();
+      // A kick reaches consoles that are registered but not live yet, once each.
+      events.emit('control', 'kick', session, undefined);
+      events.emit('control', 'kick', session, undefined);
+      expect(ended).toEqual(['c1 CONSOLE_KICKED', 'c3 CONSOLE_KICKED']);
+
+      await exclusive.claim.release();
+      await exclusive.claim.release();
+      await viewer.claim.release();
       expect(await rows()).toEqual([]);
-      // Every claim was released: stop() does not wait out its grace period.
+      // Every console was let go: stop() does not wait out its grace period.
       const started = Date.now();
       await registry.stop(5_000);
       expect(Date.now() - started).toBeLessThan(1_000);

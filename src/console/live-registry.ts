@@ -1,16 +1,18 @@
-// This replica's side of the shared live-console registry: it registers each console before the
-// browser's handshake is answered (so "in exclusive use" is a refusal with a reason), renews the
-// rows while they live, and carries out takeover and kick notifications for the consoles it holds.
-// A console that registered but is not live yet when a takeover arrives is marked, and ended the
-// moment it goes live, so no console slips between the registry and this process's set.
+// This replica's side of the shared live-console registry: each console is in it from its ticket's
+// consume (the row rides in that statement; an exclusive console registers once its VM answered),
+// so "in exclusive use" is a refusal with a reason before any wait, and a kick or takeover reaches a
+// console still waiting for its VM. It renews the rows while they live, and carries out takeover
+// and kick notifications for the consoles it holds: a live console is ended at once, one not live
+// yet is refused with the same reason (its wait aborted), so none slips between the two.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { SessionEvents } from '../db/events.js';
 import { GroupCommit } from '../db/group-commit.js';
-import { registerConsoles, registerExclusiveConsole, renewConsoles, unregisterConsoles, type LiveRow, type Registration } from '../db/live-consoles.js';
+import { registerExclusiveConsole, renewConsoles, unregisterConsoles, type Registration } from '../db/live-consoles.js';
 import type { Database } from '../db/schema.js';
+import type { Presentation } from '../db/tickets.js';
 import { GatewayError, type ErrorCode } from '../errors.js';
 import type { Consoles } from './consoles.js';
 
@@ -19,6 +21,20 @@ export interface ClaimOptions {
   sessionId: string;
   viewOnly: boolean;
   exclusive: boolean;
+  /** Called once if the console is taken over or kicked before it is live (abort its wait). */
+  onEnd(code: ErrorCode, message: string): void;
+}
+
+/** A console from its ticket to going live. */
+export interface Registering {
+  /** The registry row for the ticket's consume to add; undefined for an exclusive console. */
+  readonly row: Presentation['console'];
+  /** Takes the consume's answer for the row: throws CONSOLE_IN_EXCLUSIVE_USE or SESSION_NOT_FOUND. */
+  registered(registration: Registration | undefined): void;
+  /** Once the VM answered: registers an exclusive console (taking the others over); then the claim. */
+  claim(): Promise<Claim>;
+  /** The console will not go live: lets it and its row go. Never throws; once only. */
+  cancel(): Promise<void>;
 }
 
 export interface Claim {
@@ -30,6 +46,7 @@ export interface Claim {
 
 const TTL_MS = 30_000;
 const RENEW_MS = 10_000;
+const REMOVE_LINGER_MS = 200;
 
 const TAKEN_OVER: [ErrorCode, string] = ['CONSOLE_TAKEN_OVER', 'taken over by another viewer'];
 const KICKED: [ErrorCode, string] = ['CONSOLE_KICKED', 'the console was closed by an administrator'];
@@ -37,19 +54,23 @@ const KICKED: [ErrorCode, string] = ['CONSOLE_KICKED', 'the console was closed b
 export class LiveRegistry {
   readonly replicaId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   private readonly pending = new Map<string, ClaimOptions & { ended?: [ErrorCode, string] }>();
-  /** Claims not yet released, so stop() can let their rows go before the database closes. */
+  /** Consoles begun and not yet let go, so stop() can let their rows go before the database closes. */
   private unreleased = 0;
   private onAllReleased: (() => void) | undefined;
   private readonly renewer: NodeJS.Timeout;
-  // The connect path's registry writes, group-committed: one statement per burst, not per console.
-  private readonly adding: GroupCommit<LiveRow, Registration>;
+  // Ends are group-committed with a short linger: nothing waits for them, and the ends of many
+  // consoles then share one statement even at a few connects per second.
   private readonly removing: GroupCommit<string, void>;
   private readonly onControl = (action: 'takeover' | 'kick', sessionId: string, except: string | undefined) => {
     const end = action === 'kick' ? KICKED : TAKEN_OVER;
     const hit = (c: { id?: string | undefined; sessionId: string; viewOnly?: boolean | undefined }) =>
       c.sessionId === sessionId && (action === 'kick' || (c.id !== except && c.viewOnly !== true));
     for (const c of this.consoles.live) if (hit(c)) c.end(...end);
-    for (const [id, p] of this.pending) if (hit({ ...p, id })) p.ended ??= end;
+    for (const [id, p] of this.pending) {
+      if (!hit({ ...p, id }) || p.ended !== undefined) continue;
+      p.ended = end;
+      p.onEnd(...end);
+    }
   };
 
   constructor(
@@ -58,8 +79,7 @@ export class LiveRegistry {
     private readonly consoles: Consoles,
     private readonly log: Logger,
   ) {
-    this.adding = new GroupCommit((rows) => registerConsoles(db, rows));
-    this.removing = new GroupCommit((ids) => unregisterConsoles(db, ids));
+    this.removing = new GroupCommit((ids) => unregisterConsoles(db, ids), REMOVE_LINGER_MS);
     events.on('control', this.onControl);
     this.renewer = setInterval(() => {
       renewConsoles(db, this.replicaId, TTL_MS).catch((error) => log.warn({ err: error }, 'renewing the live-console registry failed'));
@@ -67,35 +87,55 @@ export class LiveRegistry {
     this.renewer.unref();
   }
 
-  /** Registers a console; throws CONSOLE_IN_EXCLUSIVE_USE, or the database's error. */
-  async claim(options: ClaimOptions): Promise<Claim> {
-    const { consoleId } = options;
+  /** Starts a console's registration, before its ticket is consumed. */
+  begin(options: ClaimOptions): Registering {
+    const { consoleId, exclusive } = options;
     this.pending.set(consoleId, { ...options });
-    const row = { id: consoleId, sessionId: options.sessionId, replicaId: this.replicaId, viewOnly: options.viewOnly, exclusive: options.exclusive, ttlMs: TTL_MS };
-    try {
-      if (options.exclusive) await registerExclusiveConsole(this.db, row);
-      else refuseUnless(await this.adding.submit(row));
-    } catch (error) {
-      this.pending.delete(consoleId);
-      throw error;
-    }
     this.unreleased++;
-    let released = false;
-    return {
-      live: () => {
-        const ended = this.pending.get(consoleId)?.ended;
-        this.pending.delete(consoleId);
-        if (ended === undefined) return;
-        for (const c of this.consoles.live) if (c.id === consoleId) c.end(...ended);
-      },
-      release: async () => {
-        if (released) return;
-        released = true;
-        this.pending.delete(consoleId);
-        await this.removing.submit(consoleId).catch((error) => this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire'));
-        if (--this.unreleased === 0) this.onAllReleased?.();
-      },
+    // Whether a row of this console may be in the registry (removed when the console ends).
+    let hasRow = !exclusive;
+    let letGo = false;
+    const release = async () => {
+      if (letGo) return;
+      letGo = true;
+      this.pending.delete(consoleId);
+      if (hasRow) await this.remove(consoleId, exclusive);
+      if (--this.unreleased === 0) this.onAllReleased?.();
     };
+    return {
+      row: exclusive ? undefined : { id: consoleId, replicaId: this.replicaId, viewOnly: options.viewOnly, ttlMs: TTL_MS },
+      registered: (registration) => {
+        if (exclusive) return;
+        hasRow = registration === 'added';
+        refuseUnless(registration ?? 'no-session');
+      },
+      claim: async () => {
+        if (exclusive) {
+          hasRow = true;
+          await registerExclusiveConsole(this.db, { ...options, id: consoleId, replicaId: this.replicaId, ttlMs: TTL_MS });
+        }
+        return { live: () => this.wentLive(consoleId), release };
+      },
+      cancel: release,
+    };
+  }
+
+  /** The console is live: it is ended now if a takeover or kick reached it while pending. */
+  private wentLive(consoleId: string): void {
+    const ended = this.pending.get(consoleId)?.ended;
+    this.pending.delete(consoleId);
+    if (ended === undefined) return;
+    for (const c of this.consoles.live) if (c.id === consoleId) c.end(...ended);
+  }
+
+  private async remove(consoleId: string, exclusive: boolean): Promise<void> {
+    try {
+      // An exclusive row blocks others: it goes at once.
+      if (exclusive) await unregisterConsoles(this.db, [consoleId]);
+      else await this.removing.submit(consoleId);
+    } catch (error) {
+      this.log.warn({ err: error }, 'removing a console from the registry failed; it will expire');
+    }
   }
 
   /** Stops renewing; each console's row goes when it ends (or expires, if this process dies). */

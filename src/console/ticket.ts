@@ -10,7 +10,7 @@ import { LRUCache } from 'lru-cache';
 import { GatewayError } from '../errors.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { isUuid } from '../db/sessions.js';
-import type { Database, SessionRow } from '../db/schema.js';
+import type { Database } from '../db/schema.js';
 import { consumeTickets, type Consumption, type Presentation } from '../db/tickets.js';
 
 export interface TicketClaims {
@@ -117,15 +117,16 @@ export class Tickets {
 
   /**
    * Consumes the ticket once across every process sharing the database; throws TICKET_USED after.
-   * Returns the ticket's session as it is now (read in the same round trip), undefined if unknown.
+   * In the same round trip reads the ticket's session (undefined if unknown) and registers
+   * `console` in the live-console registry (see consumeTickets).
    */
-  async consume(claims: TicketClaims): Promise<SessionRow | undefined> {
+  async consume(claims: TicketClaims, console?: Presentation['console']): Promise<Omit<Consumption, 'won'>> {
     if (this.seen.has(claims.jti)) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
     const ttl = Math.max(1, claims.expiresAt.getTime() - Date.now() + 60_000);
-    const { won, session } = await this.batcher.submit({ jti: claims.jti, sessionId: claims.sessionId, expiresAt: claims.expiresAt });
+    const { won, session, registration } = await this.batcher.submit({ jti: claims.jti, sessionId: claims.sessionId, expiresAt: claims.expiresAt, console });
     this.seen.set(claims.jti, true, { ttl });
     if (!won) throw new GatewayError('TICKET_USED', 'ticket already used: ask for a new console link');
-    return session;
+    return { session, registration };
   }
 
   /**

@@ -31,7 +31,7 @@ import type { Limits } from './limits.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
-import type { Claim, LiveRegistry } from './live-registry.js';
+import type { Claim, LiveRegistry, Registering } from './live-registry.js';
 import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
@@ -69,7 +69,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 }
 
 async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-  const { config, store, tickets, consoles, metrics, limits } = deps;
+  const { config, tickets, consoles, metrics, limits } = deps;
   const consoleId = randomBytes(6).toString('hex');
   const client = clientAddress(req, config.edge);
   let log = deps.log.child({ consoleId, clientAddress: client });
@@ -85,6 +85,7 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     refuseUpgrade(deps, log, req, socket, head, error);
   };
   const held: (() => void)[] = [];
+  let registering: Registering | undefined;
   try {
     if (deps.isDraining()) throw new GatewayError('SHUTTING_DOWN', 'the gateway is shutting down; reconnect');
     limits.checkThrottle(client);
@@ -96,65 +97,79 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
     log = deps.log.child({ consoleId, clientAddress: client, sessionId: claims.sessionId });
     // Before the ticket is consumed: a console refused for the session's cap keeps its ticket.
     held.push(limits.holdSession(claims.sessionId));
-    const current = await phase('database', () => databaseStep(tickets.consume(claims)));
+    // In the registry from here: a takeover or kick that reaches the console before it is live
+    // ends its wait with the reason.
+    const pending = deps.registry.begin({
+      consoleId,
+      sessionId: claims.sessionId,
+      viewOnly: claims.viewOnly,
+      exclusive: claims.exclusive,
+      onEnd: (code, message) => waiting.abort(new GatewayError(code, message)),
+    });
+    registering = pending;
+    const { session: current, registration } = await phase('database', () => databaseStep(tickets.consume(claims, pending.row)));
     if (current === undefined) throw new GatewayError('SESSION_NOT_FOUND', 'unknown console session');
+    pending.registered(registration);
+    waiting.signal.throwIfAborted();
 
-    consoles.waiting.add(waiting);
-    metrics.consolesWaiting.inc();
-    const waitStarted = performance.now();
-    let session: SessionRow;
-    try {
-      session = await databaseStep(
-        waitForSession(store.db, store.events, claims.sessionId, {
-          budgetMs: config.targetWaitTimeoutSeconds * 1000,
-          gatingEnabled: config.readyGatingEnabled,
-          signal: waiting.signal,
-          current,
-        }),
-      );
-    } finally {
-      consoles.waiting.delete(waiting);
-      metrics.consolesWaiting.dec();
-      const waited = (performance.now() - waitStarted) / 1000;
-      metrics.waitSeconds.observe(waited);
-      metrics.upgradePhaseSeconds.observe({ phase: 'wait' }, waited);
-    }
+    const session = await waitForVm(deps, claims.sessionId, current, waiting);
 
     const credentials = openCredentials(config.credentialsKey, session.id, session.target_credentials);
     const target = targetOf(session)!;
     const vm = await phase('dial', async () => dial(await checkTarget(target, rulesOf(config)), config.connectTimeoutSeconds * 1000, waiting.signal));
     if (credentials !== undefined) await authenticateVmSocket(vm, credentials, waiting.signal);
-    // Registered before the handshake is answered: "in exclusive use" is a refusal with a reason.
-    const claim = await databaseStep(deps.registry.claim({ consoleId, sessionId: session.id, viewOnly: claims.viewOnly, exclusive: claims.exclusive })).catch((error: unknown) => {
+    // An exclusive console registers (taking the others over) only now that its VM answered.
+    const claim = await databaseStep(pending.claim()).catch((error: unknown) => {
       vm.destroy();
       throw error;
     });
     socket.off('close', browserGone);
     let running: Promise<void>;
-    try {
-      if (session.protocol === 'websockify' && !isSocketTarget(target)) {
-        const hostHeader = `${target.host}:${target.port}`;
-        const path = target.path ?? '/';
-        await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
-        answered = true;
-        running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
-      } else {
-        const ws = accept(deps.wss, req, socket, head);
-        answered = true;
-        running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
-      }
-    } catch (error) {
-      await claim.release();
-      throw error;
+    if (session.protocol === 'websockify' && !isSocketTarget(target)) {
+      const hostHeader = `${target.host}:${target.port}`;
+      const path = target.path ?? '/';
+      await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
+      answered = true;
+      running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
+    } else {
+      const ws = accept(deps.wss, req, socket, head);
+      answered = true;
+      running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
     }
     claim.live();
+    registering = undefined;
     letRun(running, held.splice(0), claim, log);
   } catch (error) {
+    void registering?.cancel();
     limits.noteRefusal(client, error);
     refuse(error);
   } finally {
     socket.off('close', browserGone);
     for (const release of held) release();
+  }
+}
+
+/** Waits (bounded, woken by the database) until the session's VM is ready, counted as waiting. */
+async function waitForVm(deps: UpgradeDeps, sessionId: string, current: SessionRow, waiting: AbortController): Promise<SessionRow> {
+  const { config, consoles, metrics, store } = deps;
+  consoles.waiting.add(waiting);
+  metrics.consolesWaiting.inc();
+  const waitStarted = performance.now();
+  try {
+    return await databaseStep(
+      waitForSession(store.db, store.events, sessionId, {
+        budgetMs: config.targetWaitTimeoutSeconds * 1000,
+        gatingEnabled: config.readyGatingEnabled,
+        signal: waiting.signal,
+        current,
+      }),
+    );
+  } finally {
+    consoles.waiting.delete(waiting);
+    metrics.consolesWaiting.dec();
+    const waited = (performance.now() - waitStarted) / 1000;
+    metrics.waitSeconds.observe(waited);
+    metrics.upgradePhaseSeconds.observe({ phase: 'wait' }, waited);
   }
 }
 

@@ -1,8 +1,9 @@
 // Group commit for the connect path: every call that arrives while the event loop runs one turn
 // (and while the previous batch is still in the database) shares one statement, so a burst of 100
 // connects costs a handful of round trips instead of 100 — the difference between a single
-// embedded connection queueing them and keeping up. Used for ticket consumption, and for adding
-// and removing rows of the live-console registry.
+// embedded connection queueing them and keeping up. Used for ticket consumption (which registers
+// the console too) and for removing rows of the live-console registry, which nothing waits for:
+// those linger a moment so that the ends of many consoles share one statement even at low rates.
 
 /** Items per statement; a larger burst goes out as several statements back to back. */
 const MAX_BATCH = 512;
@@ -18,8 +19,14 @@ export class GroupCommit<In, Out> {
   private scheduled = false;
   private inFlight = false;
 
-  /** `statement` answers one result per item, in the batch's order, or fails the whole batch. */
-  constructor(private readonly statement: (batch: readonly In[]) => Promise<readonly Out[]>) {}
+  /**
+   * `statement` answers one result per item, in the batch's order, or fails the whole batch.
+   * `lingerMs` > 0 holds a batch open that long after its first item instead of one turn.
+   */
+  constructor(
+    private readonly statement: (batch: readonly In[]) => Promise<readonly Out[]>,
+    private readonly lingerMs = 0,
+  ) {}
 
   /** Runs `item` in the next batch. */
   submit(item: In): Promise<Out> {
@@ -32,11 +39,13 @@ export class GroupCommit<In, Out> {
   private schedule(): void {
     if (this.scheduled || this.inFlight || this.pending.length === 0) return;
     this.scheduled = true;
-    // setImmediate runs after this turn's I/O callbacks: every call made in it joins the batch.
-    setImmediate(() => {
+    const go = () => {
       this.scheduled = false;
       void this.flush();
-    });
+    };
+    // setImmediate runs after this turn's I/O callbacks: every call made in it joins the batch.
+    if (this.lingerMs > 0) setTimeout(go, this.lingerMs);
+    else setImmediate(go);
   }
 
   private async flush(): Promise<void> {

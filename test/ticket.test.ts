@@ -152,6 +152,14 @@ describe('ticket verification', () => {
     expect(await consumedCount()).toBe(before);
   });
 
+  it('refuses an HS256 ticket with a critical header extension, a short signature or no signature', async () => {
+    const critical = await sign(good(), SECRET, { alg: 'HS256', crit: ['b64'], b64: true });
+    expect((await rejection(tickets().verify(critical))).message).toBe('ticket invalid: malformed');
+    const { ticket } = await mintTicket({ sessionId: randomUUID(), key: SECRET });
+    expect((await rejection(tickets().verify(ticket.slice(0, -2)))).message).toMatch(/signature/);
+    expect((await rejection(tickets().verify(ticket.slice(0, ticket.lastIndexOf('.') + 1)))).message).toMatch(/signature/);
+  });
+
   it('never puts the ticket into the error message', async () => {
     const token = await sign(good({ aud: 'x' }));
     const error = await rejection(tickets().verify(token));

@@ -89,9 +89,11 @@ export class LiveRegistry {
 
   /** Starts a console's registration, before its ticket is consumed. */
   begin(options: ClaimOptions): Registering {
-    const { consoleId, exclusive } = options;
-    this.pending.set(consoleId, { ...options });
+    this.pending.set(options.consoleId, { ...options });
     this.unreleased++;
+    // The closures below outlive the upgrade (a live console's claim holds them): they name only
+    // ids and flags, never `options`, whose onEnd would keep the whole upgrade alive with them.
+    const { consoleId, sessionId, exclusive } = options;
     // Whether a row of this console may be in the registry (removed when the console ends).
     let hasRow = !exclusive;
     let letGo = false;
@@ -112,7 +114,7 @@ export class LiveRegistry {
       claim: async () => {
         if (exclusive) {
           hasRow = true;
-          await registerExclusiveConsole(this.db, { ...options, id: consoleId, replicaId: this.replicaId, ttlMs: TTL_MS });
+          await registerExclusiveConsole(this.db, { id: consoleId, sessionId, replicaId: this.replicaId, viewOnly: false, exclusive: true, ttlMs: TTL_MS });
         }
         return { live: () => this.wentLive(consoleId), release };
       },

@@ -14,7 +14,7 @@ import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cpuOf, median, sleep, startListening, startProcess, stopAll, tree } from './lib.mjs';
+import { cpuOf, median, sleep, startListening, startProcess, stopAll, tree, waitJsonPort } from './lib.mjs';
 import { createDatabase, startPostgres } from './postgres.mjs';
 import { connectWs } from './ws-client.mjs';
 
@@ -51,13 +51,7 @@ const { mintTicket } = await import(join(ROOT, 'dist', 'console', 'ticket.js'));
 
 process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
 try {
-  const vm = startProcess('vm', [process.execPath, join(HERE, 'vm-server.mjs')]);
-  let vmPort;
-  for (let i = 0; i < 500 && vmPort === undefined; i++) {
-    const line = vm.stdout.split('\n').find((l) => l.startsWith('{'));
-    if (line) vmPort = JSON.parse(line).port;
-    else await sleep(20);
-  }
+  const vmPort = await waitJsonPort(startProcess('vm', [process.execPath, join(HERE, 'vm-server.mjs')]));
   const postgres = embedded ? undefined : await startPostgres({ startProcess, sleep });
   const work = mkdtempSync(join(tmpdir(), 'cgw-ab-'));
   const gateways = {};

@@ -190,6 +190,18 @@ export async function startListening(name, makeArgv, { env, pidsOf = (p) => tree
 // ---------------------------------------------------------------------------------------------
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** The port a child reports as a JSON line ({"port": N}) on stdout, as bench/vm-server.mjs does. */
+export async function waitJsonPort(proc) {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const line = proc.stdout.split('\n').find((l) => l.startsWith('{'));
+    if (line) return JSON.parse(line).port;
+    if (proc.exited) break;
+    await sleep(20);
+  }
+  throw new Error(`${proc.name} did not report its port: ${proc.stderr}`);
+}
+
 export function median(xs) {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   if (s.length === 0) return NaN;

@@ -31,7 +31,7 @@ async function main() {
   const lib = await import('./lib.mjs');
   if (!existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('dist/ is missing: run `npm run build` first');
   const { mintTicket } = await import('../dist/console/ticket.js');
-  const { startProcess, startListening, stopProcess, stopAll, tree, cpuOf, cpuSplitOf, rssKiB, pssKiB, sleep, median, percentile, childrenOf } = lib;
+  const { startProcess, startListening, stopProcess, stopAll, tree, cpuOf, cpuSplitOf, rssKiB, pssKiB, sleep, median, percentile, childrenOf, waitJsonPort } = lib;
 
   // ------------------------------------------------------------------------- configuration
   const env = process.env;
@@ -652,16 +652,6 @@ async function main() {
     log(`  gateway ${results.firstFrame.gateway.ms.toFixed(0)} ms (${results.firstFrame.gateway.requests} requests), stock ${results.firstFrame.stock.ms.toFixed(0)} ms (${results.firstFrame.stock.requests} requests); runs ${runs.gateway.map((x) => x.ms.toFixed(0)).join('/')} vs ${runs.stock.map((x) => x.ms.toFixed(0)).join('/')}`);
   }
 
-  async function waitJsonPort(proc) {
-    const deadline = Date.now() + 10_000;
-    while (Date.now() < deadline) {
-      const line = proc.stdout.split('\n').find((l) => l.startsWith('{'));
-      if (line) return JSON.parse(line).port;
-      if (proc.exited) break;
-      await sleep(20);
-    }
-    throw new Error(`${proc.name} did not report its port: ${proc.stderr}`);
-  }
   function nginxConf(dir, port, upstreamPort) {
     return `worker_processes 1;
 pid ${dir}/nginx.pid;

@@ -168,7 +168,7 @@ describe('live-console registry with group commit', () => {
 });
 
 describe('the live registry answering a claim', () => {
-  it('refuses with the documented codes, tells a pending console it was kicked, and lets a console go once', async () => {
+  it('refuses with the documented codes, tells a pending console it was taken over or kicked, and lets a console go once', async () => {
     const events = new SessionEvents();
     const consoles = new Consoles(events, { idleTimeoutMs: 0, maxDurationMs: 0, heartbeatMs: 30_000 });
     const registry = new LiveRegistry(db, events, consoles, createLogger('silent'));
@@ -193,15 +193,23 @@ describe('the live registry answering a claim', () => {
       // A session that is gone (deleted between the ticket and the registration): 4404, not a database error.
       await expect(connect('c0', randomUUID())).rejects.toMatchObject({ code: 'SESSION_NOT_FOUND' });
 
+      const earlier = await connect('c0a', session);
       const exclusive = await connect('c1', session, { exclusive: true });
+      // The exclusive console's notice takes over the interactive console not live yet, not itself.
+      events.emit('control', 'takeover', session, 'c1');
+      expect(ended).toEqual(['c0a CONSOLE_TAKEN_OVER']);
+      await earlier.claim.release();
       await expect(connect('c2', session)).rejects.toMatchObject({ code: 'CONSOLE_IN_EXCLUSIVE_USE', message: 'the console is in exclusive use' });
       const viewer = await connect('c3', session, { viewOnly: true });
+      // A takeover leaves a view-only console alone.
+      events.emit('control', 'takeover', session, 'c1');
+      expect(ended).toEqual(['c0a CONSOLE_TAKEN_OVER']);
       expect(await rows()).toEqual(['c1', 'c3']);
 
       // A kick reaches consoles that are registered but not live yet, once each.
       events.emit('control', 'kick', session, undefined);
       events.emit('control', 'kick', session, undefined);
-      expect(ended).toEqual(['c1 CONSOLE_KICKED', 'c3 CONSOLE_KICKED']);
+      expect(ended).toEqual(['c0a CONSOLE_TAKEN_OVER', 'c1 CONSOLE_KICKED', 'c3 CONSOLE_KICKED']);
 
       await exclusive.claim.release();
       await exclusive.claim.release();

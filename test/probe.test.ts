@@ -11,6 +11,9 @@ import { parseCidrList } from '../src/console/target.js';
 
 const allowed = parseCidrList('127.0.0.1/32');
 const options = { allowed, socketDirs: [], readyPaths: ['vnc.html', 'vnc_lite.html', ''], attemptTimeoutMs: 500 };
+// websockify forks a Python process per connection: on a loaded 2-core CI machine that alone can
+// take longer than 0.5 s, so the tests that expect an answer from it allow more.
+const websockifyOptions = { ...options, attemptTimeoutMs: 5_000 };
 const cleanups: (() => Promise<unknown> | void)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -141,15 +144,15 @@ describe('websockify probe (Debian websockify in front of a VNC server)', () => 
   it('is ready when the noVNC page is served and the WebSocket relays the RFB banner', async () => {
     const vnc = await demoVnc();
     const ws = await startWebsockify(['vnc.html'], vnc.port);
-    const result = await probeSession({ host: '127.0.0.1', port: ws.port, path: '/websockify' }, 'websockify', options);
-    expect(result).toMatchObject({ ok: true });
+    const result = await probeSession({ host: '127.0.0.1', port: ws.port, path: '/websockify' }, 'websockify', websockifyOptions);
+    expect(result, JSON.stringify(result)).toMatchObject({ ok: true });
   });
 
   it('reports the HTTP status when the web root lacks the noVNC pages', async () => {
     const vnc = await demoVnc();
     const ws = await startWebsockify([], vnc.port);
     const result = await probeSession({ host: '127.0.0.1', port: ws.port, path: null }, 'websockify', {
-      ...options,
+      ...websockifyOptions,
       readyPaths: ['vnc.html', 'vnc_lite.html'],
     });
     expect(result).toMatchObject({ ok: false, kind: 'http', reason: 'HTTP 404 on /vnc.html, HTTP 404 on /vnc_lite.html' });

@@ -4,7 +4,7 @@
 // See bench/README.md for what each number means and the aims.
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -103,12 +103,15 @@ async function main() {
       const dataDir = join(work, `db-${label}`);
       mkdirSync(dataDir, { recursive: true });
       const nodeArgs = [...extraNodeArgs, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
-      return startListening(`gateway-${label}`, (port) => ['env', `PORT=${port}`, process.execPath, ...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve'], {
-        env: gwEnv(dataDir, databaseUrl),
+      // Written by bench/gc-on-signal.cjs (idle-memory gateways only) after each full GC.
+      const memoryFile = join(work, `memory-${label}.json`);
+      const proc = await startListening(`gateway-${label}`, (port) => ['env', `PORT=${port}`, process.execPath, ...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve'], {
+        env: { ...gwEnv(dataDir, databaseUrl), BENCH_MEMORY_FILE: memoryFile },
         pidsOf: (p) => [p.pid],
         // A fresh embedded data directory is unpacked first: seconds, more on a busy machine.
         timeoutMs: 180_000,
       });
+      return Object.assign(proc, { memoryFile });
     };
 
     const profileDir = cfg.cpuProfile ? join(HERE, 'results', `profile-${ts}`) : undefined;
@@ -508,6 +511,13 @@ async function main() {
       }
       return median(samples);
     };
+    const heapAfterGc = (proc) => {
+      try {
+        return JSON.parse(readFileSync(proc.memoryFile, 'utf8'));
+      } catch {
+        return undefined;
+      }
+    };
     // The idle serve as a new user meets it: started, nothing connected yet, 2 s after it listens.
     // One fresh start differs from the next by tens of MiB (heap and code-space growth steps), so
     // the reading is the median over BENCH_IDLE_STARTS fresh starts per database, interleaved.
@@ -544,6 +554,7 @@ async function main() {
       for (const c of warm) c?.destroy();
       await sleep(1000);
       const base = await settledRss();
+      const baseHeap = heapAfterGc(gwIdle);
       const held = [];
       results.idle[run.key] = { idleRssKiB: idleRss, baseRssKiB: base, points: [] };
       results.idle[run.key].idleRssStartsKiB = idleReadings.get(run.key);
@@ -552,9 +563,13 @@ async function main() {
         const r = await openIdle(gwIdlePath, measured, held);
         await sleep(1000);
         const rss = await settledRss();
+        const heap = heapAfterGc(gwIdle);
         const point = { requested, consoles: r.open, rssKiB: rss, kibPerConsole: (rss - base) / r.open, failed: r.failed, firstError: r.firstError };
+        // The main thread's JS heap share (after the same full GC): what the gateway's own objects cost.
+        if (heap && baseHeap) point.heapKibPerConsole = (heap.heapUsed - baseHeap.heapUsed) / 1024 / r.open;
         results.idle[run.key].points.push(point);
-        log(`  ${run.label}: ${r.open} idle consoles: RSS ${(rss / 1024).toFixed(0)} MiB (base ${(base / 1024).toFixed(0)} MiB) → ${point.kibPerConsole.toFixed(1)} KiB/console${r.failed ? `, ${r.failed} failed (${r.firstError})` : ''}`);
+        const ofHeap = point.heapKibPerConsole === undefined ? '' : ` (JS heap ${point.heapKibPerConsole.toFixed(1)})`;
+        log(`  ${run.label}: ${r.open} idle consoles: RSS ${(rss / 1024).toFixed(0)} MiB (base ${(base / 1024).toFixed(0)} MiB) → ${point.kibPerConsole.toFixed(1)} KiB/console${ofHeap}${r.failed ? `, ${r.failed} failed (${r.firstError})` : ''}`);
       }
       for (const c of held) c?.destroy();
     }
@@ -749,7 +764,8 @@ function render(r, cfg) {
   for (const [key, label] of [['gateway', 'embedded'], ['gatewayPg', 'PostgreSQL']]) {
     for (const p of r.idle[key]?.points ?? []) {
       const note = p.consoles !== p.requested ? ` (fd cap)` : '';
-      lines.push(row([`KiB per idle console @${p.consoles}, ${label}${note}`, '-', f(p.kibPerConsole, 1), '', '', `≤16 KiB ${verdict(p.kibPerConsole <= 16, p.kibPerConsole)}`], W));
+      const heap = p.heapKibPerConsole === undefined ? '' : ` (JS heap ${f(p.heapKibPerConsole, 1)})`;
+      lines.push(row([`KiB per idle console @${p.consoles}, ${label}${note}`, '-', f(p.kibPerConsole, 1), '', '', `≤16 KiB ${verdict(p.kibPerConsole <= 16, p.kibPerConsole)}${heap}`], W));
     }
   }
   const wi = r.idle.websockify;

@@ -60,9 +60,20 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
   tcp.on('error', function tcpOnError(error: NodeJS.ErrnoException) {
     lost ??= error.code ?? 'error';
   });
+  // Resolved once both connections are closed. Plain 'close' listeners (each socket closes once):
+  // a once() wrapper per listener would cost every idle console.
+  let resolveDone!: () => void;
+  const done = new Promise<void>((resolve) => (resolveDone = resolve));
+  let open = 2;
   tcp.on('close', function tcpOnClose() {
     if (lost === undefined) onStop({ code: 'VM_CLOSED', message: 'the VM closed the console connection' });
     else onStop({ code: 'VM_CONNECTION_LOST', message: `lost the connection to the VM console (${lost})` });
+    if (--open === 0) resolveDone();
+  });
+  browser.on('close', function browserOnClose() {
+    onStop(browserClosed);
+    tcp.destroy();
+    if (--open === 0) resolveDone();
   });
 
   ws.on('message', function wsOnMessage(data: Buffer, isBinary: boolean) {
@@ -93,17 +104,6 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
 
   let alive = true;
   ws.on('pong', () => (alive = true));
-
-  const done = new Promise<void>((resolve) => {
-    let open = 2;
-    const closed = () => --open === 0 && resolve();
-    tcp.once('close', closed);
-    browser.once('close', function browserOnClose() {
-      onStop(browserClosed);
-      tcp.destroy();
-      closed();
-    });
-  });
 
   return {
     stats,

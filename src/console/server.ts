@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
-import { MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
+import { ConsoleWebSocket, MAX_BROWSER_MESSAGE_BYTES } from './browser-frames.js';
 import { Consoles } from './consoles.js';
 import { LiveRegistry } from './live-registry.js';
 import { pageConfigOf } from './page-config.js';
@@ -64,6 +64,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     // VNC encodings are compressed already; deflate would only cost CPU and memory per console.
     perMessageDeflate: false,
     handleProtocols: selectProtocol,
+    WebSocket: ConsoleWebSocket,
   });
   const proxy = createWsProxy();
   const pageHeaders = consolePageHeaders(config.edge.frameAncestors);
@@ -93,9 +94,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const listener = await createListener(config, log, (req, res) => void onRequest(req, res));
   const server = listener.server;
+  // One listener function for every socket: a closure per connection would cost each idle console.
+  const forget = function (this: Socket) {
+    sockets.delete(this);
+  };
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
+    socket.on('close', forget);
   });
   // A malformed, oversized or too slow request: answer what HTTP says and drop it, never crash.
   server.on('clientError', (error: NodeJS.ErrnoException, socket) => {

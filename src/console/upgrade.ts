@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { WebSocket, WebSocketServer } from 'ws';
+import type { Server as WebSocketServer } from 'ws';
 import type { Config } from '../config.js';
 import { databaseUnavailable } from '../db/failures.js';
 import type { Store } from '../db/open.js';
@@ -16,10 +16,10 @@ import type { SessionRow } from '../db/schema.js';
 import { isSocketTarget, targetOf } from '../db/sessions.js';
 import { GatewayError, toGatewayError } from '../errors.js';
 import { bridge } from './bridge.js';
-import { endOnBadFrames, explainProtocolCloses } from './browser-frames.js';
+import { endOnBadFrames, type ConsoleWebSocket } from './browser-frames.js';
 import type { Consoles } from './consoles.js';
 import { closeFrameOf, reportClose } from './endings.js';
-import { runLiveConsole } from './live-console.js';
+import { startLiveConsole, type LiveOptions } from './live-console.js';
 import { passThrough } from './pass-through.js';
 import type { Metrics } from '../ops/metrics.js';
 import { proxyUpgrade, type WsProxy } from './proxy-upgrade.js';
@@ -31,7 +31,7 @@ import type { Limits } from './limits.js';
 import type { Tickets } from './ticket.js';
 import { ViewOnlyFilter } from './view-only.js';
 import { openCredentials } from './credentials.js';
-import type { Claim, LiveRegistry, Registering } from './live-registry.js';
+import type { LiveRegistry, Registering } from './live-registry.js';
 import { authenticateVmSocket, greetThenBridge } from './stored-auth.js';
 import { waitForSession } from './wait.js';
 
@@ -42,7 +42,7 @@ export interface UpgradeDeps {
   consoles: Consoles;
   metrics: Metrics;
   log: Logger;
-  wss: WebSocketServer;
+  wss: ConsoleWss;
   registry: LiveRegistry;
   proxy: WsProxy;
   limits: Limits;
@@ -124,21 +124,26 @@ async function serveConsole(deps: UpgradeDeps, req: IncomingMessage, socket: Soc
       throw error;
     });
     socket.off('close', browserGone);
-    let running: Promise<void>;
+    let ws: ConsoleWebSocket | undefined;
     if (session.protocol === 'websockify' && !isSocketTarget(target)) {
       const hostHeader = `${target.host}:${target.port}`;
       const path = target.path ?? '/';
       await proxyUpgrade(deps.proxy, req, socket, head, vm, hostHeader, path.startsWith('/') ? path : `/${path}`, refuse);
-      answered = true;
-      running = pipeRaw(deps, log, session.id, socket, vm, { viewOnly: claims.viewOnly, consoleId });
     } else {
-      const ws = accept(deps.wss, req, socket, head);
-      answered = true;
-      running = pipeVnc(deps, log, session.id, { ws, browser: socket, vm, viewOnly: claims.viewOnly, greet: credentials !== undefined, consoleId });
+      ws = accept(deps.wss, req, socket, head);
+      if (ws === undefined) {
+        vm.destroy(); // the browser left at the last moment
+        throw new BrowserGone();
+      }
     }
+    answered = true;
+    // From here the console holds its limits and registry row until it ends.
+    const letGo = [...held.splice(0), claim.release];
+    const live = { sessionId: claims.sessionId, consoleId, clientAddress: client, browser: socket, vm, viewOnly: claims.viewOnly, letGo };
+    if (ws === undefined) startRaw(deps, log, live);
+    else startVnc(deps, log, { ...live, ws, greet: credentials !== undefined });
     claim.live();
     registering = undefined;
-    letRun(running, held.splice(0), claim, log);
   } catch (error) {
     void registering?.cancel();
     limits.noteRefusal(client, error);
@@ -174,18 +179,20 @@ async function waitForVm(deps: UpgradeDeps, sessionId: string, current: SessionR
 }
 
 /**
- * The console runs on its own from here; its limits and registry row are let go when it ends.
- * serveConsole returns rather than waiting for the end, so its frame (the request, the ticket, the
- * session row) is not held for the console's whole life: a few KiB of every idle console. A
- * function of its own, so the closures below hold only what they name.
+ * The console runs on its own from here (live-console.ts) and lets go of what it holds when it
+ * ends. serveConsole returns rather than waiting for the end, so its frame (the request, the
+ * ticket, the session row) is not held for the console's whole life: a few KiB of every idle console.
  */
-function letRun(running: Promise<void>, releases: (() => void)[], claim: Claim, log: Logger): void {
-  void running
-    .catch((error: unknown) => log.error({ err: error }, 'console ended unexpectedly'))
-    .finally(() => {
-      for (const release of releases) release();
-      return claim.release();
-    });
+function goLive(deps: UpgradeDeps, log: Logger, c: PipedConsole & Pick<LiveOptions, 'kind' | 'start'>): void {
+  try {
+    startLiveConsole(deps, c);
+  } catch (error) {
+    // A bug, not a refusal: the handshake is answered, so the sockets go and nothing is kept.
+    log.error({ err: error }, 'console failed to start');
+    c.browser.destroy();
+    c.vm.destroy();
+    for (const release of c.letGo) release();
+  }
 }
 
 /** Times a step of the upgrade into console_gateway_upgrade_phase_duration_seconds{phase}. */
@@ -224,42 +231,49 @@ function refuseUpgrade(deps: UpgradeDeps, log: Logger, req: IncomingMessage, soc
   deps.metrics.upgrades.inc({ outcome: failure.code });
   reportClose(deps.metrics, log, 'console refused', reason, failure.code === 'INTERNAL' || failure.code === 'DATABASE_UNAVAILABLE' ? { err: failure.cause } : {});
   if (socket.destroyed || !socket.writable) return;
-  const ws = accept(deps.wss, req, socket, head, true);
+  const ws = accept(deps.wss, req, socket, head);
   const frame = closeFrameOf(reason);
   ws?.close(frame.code, frame.reason);
 }
 
-/** Completes the browser's handshake synchronously (no verifyClient is configured). */
-function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer): WebSocket;
-function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer, optional: true): WebSocket | undefined;
-function accept(wss: WebSocketServer, req: IncomingMessage, socket: Socket, head: Buffer, optional = false): WebSocket | undefined {
-  let accepted: WebSocket | undefined;
+/**
+ * Completes the browser's handshake synchronously (no verifyClient is configured); undefined when
+ * the browser's socket is no longer there to answer.
+ */
+function accept(wss: ConsoleWss, req: IncomingMessage, socket: Socket, head: Buffer): ConsoleWebSocket | undefined {
+  let accepted: ConsoleWebSocket | undefined;
   wss.handleUpgrade(req, socket, head, (ws) => {
     // A protocol error from the browser is reported on 'error'; unheard, it would crash the process.
     ws.on('error', wsOnError);
-    explainProtocolCloses(ws);
     accepted = ws;
   });
-  if (accepted === undefined && !optional) throw new BrowserGone();
   return accepted;
 }
 
-interface VncConsole {
-  ws: WebSocket;
+type ConsoleWss = WebSocketServer<typeof ConsoleWebSocket>;
+
+/** A console whose handshake is answered, handed to its pump. */
+interface PipedConsole {
+  sessionId: string;
+  consoleId: string;
+  clientAddress: string;
   browser: Socket;
   vm: Socket;
   viewOnly: boolean;
-  /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
-  greet: boolean;
-  consoleId: string;
+  /** What the console holds until it ends (its limits, its registry row). */
+  letGo: (() => unknown)[];
 }
 
-function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsole): Promise<void> {
+interface VncConsole extends PipedConsole {
+  ws: ConsoleWebSocket;
+  /** The gateway authenticated to the VM itself: it answers the browser's security handshake. */
+  greet: boolean;
+}
+
+function startVnc(deps: UpgradeDeps, log: Logger, c: VncConsole): void {
   const filter = c.viewOnly ? new ViewOnlyFilter(c.greet ? 'init' : 'version') : undefined;
-  return runLiveConsole(deps, log, {
-    sessionId,
-    consoleId: c.consoleId,
-    viewOnly: c.viewOnly,
+  goLive(deps, log, {
+    ...c,
     kind: 'vnc',
     start: (onStop) => {
       endOnBadFrames(c.ws, onStop);
@@ -269,14 +283,12 @@ function pipeVnc(deps: UpgradeDeps, log: Logger, sessionId: string, c: VncConsol
   });
 }
 
-function pipeRaw(deps: UpgradeDeps, log: Logger, sessionId: string, browser: Socket, vm: Socket, c: { viewOnly: boolean; consoleId: string }): Promise<void> {
+function startRaw(deps: UpgradeDeps, log: Logger, c: PipedConsole): void {
   const filter = c.viewOnly ? new ViewOnlyFilter() : undefined;
-  return runLiveConsole(deps, log, {
-    sessionId,
-    consoleId: c.consoleId,
-    viewOnly: c.viewOnly,
+  goLive(deps, log, {
+    ...c,
     kind: 'websockify',
-    start: (onStop) => passThrough(browser, vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
+    start: (onStop) => passThrough(c.browser, c.vm, { traffic: deps.metrics.traffic, viewOnly: filter, onStop }),
   });
 }
 

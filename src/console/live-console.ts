@@ -32,7 +32,7 @@ export interface LiveOptions {
   /** Starts the pump; it reports why it stopped through `onStop`. */
   start(onStop: OnStop): Pump;
   /** Called once each, after the end is reported: what the console held (limits, registry row). */
-  letGo?: (() => unknown)[];
+  letGo: (() => unknown)[];
 }
 
 const BROWSER_CLOSED: EndReason = { code: 'BROWSER_CLOSED', message: 'the browser closed the console' };
@@ -62,7 +62,7 @@ class Live implements LiveConsole {
     this.viewOnly = options.viewOnly;
     this.clientAddress = options.clientAddress;
     this.kind = options.kind;
-    this.letGo = options.letGo ?? [];
+    this.letGo = options.letGo;
     this.pump = options.start((reason) => this.stop(reason));
     deps.consoles.add(this);
     deps.metrics.upgrades.inc({ outcome: 'connected' });

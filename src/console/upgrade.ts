@@ -253,15 +253,10 @@ function accept(wss: ConsoleWss, req: IncomingMessage, socket: Socket, head: Buf
 type ConsoleWss = WebSocketServer<typeof ConsoleWebSocket>;
 
 /** A console whose handshake is answered, handed to its pump. */
-interface PipedConsole {
-  sessionId: string;
-  consoleId: string;
-  clientAddress: string;
+interface PipedConsole extends Omit<LiveOptions, 'kind' | 'start'> {
   browser: Socket;
   vm: Socket;
   viewOnly: boolean;
-  /** What the console holds until it ends (its limits, its registry row). */
-  letGo: (() => unknown)[];
 }
 
 interface VncConsole extends PipedConsole {

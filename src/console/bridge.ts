@@ -186,13 +186,16 @@ function downstream(ws: WebSocket, browser: Socket, tcp: Socket, reads: VmReads,
       if (!held) returnSlab(slab!);
       slab = undefined;
     }
+    if (browser.writableLength > o.highWaterMark) {
+      // Parked behind a slow browser: no read buffer of its own until it drains (the slab, if
+      // any, is in the write queue), and the first read after it goes to the shared one.
+      paused = true;
+      reads.next = SHARED_VIEW;
+      return false;
+    }
     // Streaming (the read filled its buffer): read into a slab next; otherwise into the shared one.
     if (full) slab ??= takeSlab();
     reads.next = full ? slab!.view : SHARED_VIEW;
-    if (browser.writableLength > o.highWaterMark) {
-      paused = true;
-      return false;
-    }
     return true;
   };
 }

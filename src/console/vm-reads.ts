@@ -13,11 +13,15 @@ import type { Socket } from 'node:net';
 /** Room for the longest server-to-client frame header (2 + 8 bytes). */
 export const HEADROOM = 10;
 const SHARED_SIZE = 16 * 1024;
-// 256 KiB, not Node's 64: a quarter of the reads, callbacks and writes per GiB streamed (bench:
-// 0.96 -> 0.84 CPU s/GiB VM -> browser), and a streaming console holds one slab at a time.
-const SLAB_SIZE = 256 * 1024;
-/** Slabs kept for reuse (4 MiB); more are allocated while more sockets stream at once. */
-const POOL_MAX = 16;
+// 1 MiB, not Node's 64 KiB: a sixteenth of the reads, wake-ups and writes per GiB streamed. In
+// down-only A/B runs the gateway's CPU per GiB VM -> browser fell by a fifth against 256 KiB slabs
+// (512 KiB: half of that; 2 MiB: worse, as loopback reads rarely fill it). A streaming console
+// holds one slab at a time, and none while it waits for a slow browser.
+const SLAB_SIZE = 1024 * 1024;
+/** Slabs kept for reuse (8 MiB); more are allocated while more sockets stream at once. */
+const POOL_MAX = 8;
+/** Node's own read size, for reads before a pump takes over (handshakes, a few bytes). */
+const EARLY_READ_SIZE = 64 * 1024;
 
 export interface Slab {
   /** HEADROOM + SLAB_SIZE bytes. */
@@ -70,7 +74,7 @@ export class VmReads {
     // A buffer of its own is handed on whole; the shared one is copied out of.
     const chunk = view === SHARED_VIEW ? Buffer.from(view.subarray(0, nread)) : view.subarray(0, nread);
     // Streaming (the read filled its buffer): the next read gets a full-size buffer of its own.
-    this.next = nread === view.length ? Buffer.allocUnsafe(SLAB_SIZE) : SHARED_VIEW;
+    this.next = nread === view.length ? Buffer.allocUnsafe(EARLY_READ_SIZE) : SHARED_VIEW;
     return this.socket!.push(chunk);
   };
 

@@ -20,8 +20,11 @@ const SHARED_SIZE = 16 * 1024;
 const SLAB_SIZE = 1024 * 1024;
 /** Slabs kept for reuse (8 MiB); more are allocated while more sockets stream at once. */
 const POOL_MAX = 8;
-/** Node's own read size, for reads before a pump takes over (handshakes, a few bytes). */
-const EARLY_READ_SIZE = 64 * 1024;
+/**
+ * The read size while a socket's reads are stream data: handshakes, and the pass-through pump for
+ * a websockify target, whose reads are handed on as chunks (each a buffer of its own).
+ */
+const STREAM_READ_SIZE = 256 * 1024;
 
 export interface Slab {
   /** HEADROOM + SLAB_SIZE bytes. */
@@ -74,7 +77,7 @@ export class VmReads {
     // A buffer of its own is handed on whole; the shared one is copied out of.
     const chunk = view === SHARED_VIEW ? Buffer.from(view.subarray(0, nread)) : view.subarray(0, nread);
     // Streaming (the read filled its buffer): the next read gets a full-size buffer of its own.
-    this.next = nread === view.length ? Buffer.allocUnsafe(EARLY_READ_SIZE) : SHARED_VIEW;
+    this.next = nread === view.length ? Buffer.allocUnsafe(STREAM_READ_SIZE) : SHARED_VIEW;
     return this.socket!.push(chunk);
   };
 

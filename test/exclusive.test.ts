@@ -1,6 +1,7 @@
 // Exclusive consoles, takeover and kick across two gateway processes on one PostgreSQL, with the
 // live-console registry and its NOTIFY channel.
 import type { ChildProcess } from 'node:child_process';
+import { connect, createServer, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
@@ -8,7 +9,9 @@ import { mintTicket } from '../src/console/ticket.js';
 import { startDemoVncServer, type DemoVncServer } from '../src/demo/demo-vnc.js';
 import { runCli, startServeProcess } from './helpers/cli.js';
 import { SECRET, TEST_ENV, openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { metricValue } from './helpers/metrics.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
+import { upgradeRequest } from './helpers/raw-ws.js';
 
 let database: TestDatabase;
 let a: TestGateway;
@@ -126,6 +129,43 @@ describe('exclusive consoles across replicas', () => {
       expect(c.messages).toHaveLength(1);
     } finally {
       await admin.end();
+    }
+  });
+
+  it('closes the VM connection and lets the registry row go when the browser leaves while its exclusive console registers', async () => {
+    // A VM that notes when the gateway dials it and when that connection ends.
+    const dialed: Socket[] = [];
+    const vm = createServer((socket) => dialed.push(socket));
+    await new Promise<void>((resolve) => vm.listen(0, '127.0.0.1', resolve));
+    const port = (vm.address() as { port: number }).port;
+    const id = (await a.api('POST', '/api/v1/sessions', { protocol: 'vnc', target: { host: '127.0.0.1', port } })).body.id;
+    const gone = () => metricValue(a.running.metrics.registry, 'console_gateway_upgrades_total', { outcome: 'BROWSER_GONE' });
+    const goneBefore = await gone();
+    // The session's row is held locked, so the exclusive console's registration (after its VM
+    // answered, before the handshake is answered; its row's foreign key waits for the lock) waits
+    // until the browser has left. The ticket's consume only reads the session.
+    const admin = new pg.Client({ connectionString: database.url });
+    await admin.connect();
+    try {
+      await admin.query('begin');
+      await admin.query('select id from console_sessions where id = $1 for update', [id]);
+      const browser = connect(Number(new URL(a.url).port), '127.0.0.1');
+      browser.on('error', () => {});
+      browser.write(upgradeRequest(`/websockify?ticket=${await ticket(id, { exclusive: true })}`));
+      await expect.poll(() => dialed.length, { timeout: 5_000 }).toBe(1);
+      const vmClosed = new Promise<void>((resolve) => dialed[0]!.on('close', () => resolve()));
+      dialed[0]!.on('error', () => {});
+      browser.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await admin.query('rollback');
+      const kept = new Promise((_, reject) => setTimeout(() => reject(new Error('the gateway kept the VM connection open')), 5_000).unref());
+      await Promise.race([vmClosed, kept]);
+      await expect.poll(gone, { timeout: 5_000 }).toBe(goneBefore + 1);
+      await expect.poll(() => consolesOf(id), { timeout: 5_000 }).toEqual({ live: 0, exclusive: false });
+      expect(a.running.gateway.consoles.size).toBe(0);
+    } finally {
+      await admin.end();
+      vm.close();
     }
   });
 

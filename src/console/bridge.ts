@@ -9,7 +9,7 @@ import type { Traffic } from '../ops/metrics.js';
 import { TEXT_FRAME_REFUSED } from './browser-frames.js';
 import type { OnStop, Pump, PumpStats } from './pump.js';
 import type { ViewOnlyFilter } from './view-only.js';
-import { HEADROOM, SHARED_VIEW, readsOf, returnSlab, takeSlab, type ReadHandler, type Slab, type VmReads } from './vm-reads.js';
+import { HEADROOM, SlabWrites, readsOf, type ReadHandler, type VmReads } from './vm-reads.js';
 
 export interface BridgeOptions {
   highWaterMark: number;
@@ -142,61 +142,41 @@ interface Downstream {
 /**
  * VM → browser without ws.send: each read becomes one binary frame written with ONE socket write —
  * the header goes into the headroom before the payload. Reads into a slab are written without a
- * copy and the slab is read into again as soon as no write holds it; reads into the shared buffer
- * (not streaming) are copied into the frame. The writes keep their order with ws's own (pings,
- * close frames): all go to the same socket, and none is written once ws is closing.
+ * copy (SlabWrites holds the slab until the write completed); reads into the shared buffer (not
+ * streaming) are copied into the frame. The writes keep their order with ws's own (pings, close
+ * frames): all go to the same socket, and none is written once ws is closing.
  */
 function downstream(ws: WebSocket, browser: Socket, tcp: Socket, reads: VmReads, o: Downstream): ReadHandler {
-  let slab: Slab | undefined;
-  // One entry per write of ours, in write order: the slab it holds, or null.
-  const holding: (Slab | null)[] = [];
   let paused = false;
-  const afterWrite = () => {
-    const held = holding.shift();
-    if (held) returnSlab(held);
+  const slabs = new SlabWrites(reads, browser, () => {
     if (paused && browser.writableLength <= o.highWaterMark) {
       paused = false;
       tcp.resume();
     }
-  };
+  });
   return function onVmRead(nread: number, view: Buffer): boolean {
     o.stats.lastActivity = Date.now();
     o.stats.down += nread;
     o.traffic.down += nread;
-    const full = nread === view.length;
     if (ws.readyState !== WebSocket.OPEN || browser.destroyed) {
-      reads.next = full && slab !== undefined ? slab.view : SHARED_VIEW; // the console is ending: drop
+      slabs.afterRead(nread, view, true); // the console is ending: drop
       return true;
     }
     const header = nread < 126 ? 2 : nread < 65536 ? 4 : 10;
+    const slab = slabs.slabOf(view);
     let frame: Buffer;
-    const fromSlab = slab !== undefined && view === slab.view;
-    if (fromSlab) {
-      frame = slab!.whole.subarray(HEADROOM - header, HEADROOM + nread);
+    if (slab !== undefined) {
+      frame = slab.whole.subarray(HEADROOM - header, HEADROOM + nread);
     } else {
       frame = Buffer.allocUnsafe(header + nread);
       view.copy(frame, header, 0, nread);
     }
     writeHeader(frame, nread, header);
-    browser.write(frame, afterWrite);
-    // Anything still queued means the kernel did not take this frame whole: the slab is held.
-    const held = fromSlab && browser.writableLength > 0;
-    holding.push(held ? slab! : null);
-    if (held || (fromSlab && !full)) {
-      if (!held) returnSlab(slab!);
-      slab = undefined;
-    }
-    if (browser.writableLength > o.highWaterMark) {
-      // Parked behind a slow browser: no read buffer of its own until it drains (the slab, if
-      // any, is in the write queue), and the first read after it goes to the shared one.
-      paused = true;
-      reads.next = SHARED_VIEW;
-      return false;
-    }
-    // Streaming (the read filled its buffer): read into a slab next; otherwise into the shared one.
-    if (full) slab ??= takeSlab();
-    reads.next = full ? slab!.view : SHARED_VIEW;
-    return true;
+    slabs.write(frame);
+    // Parked behind a slow browser: no read buffer of its own until it drains.
+    paused = browser.writableLength > o.highWaterMark;
+    slabs.afterRead(nread, view, paused);
+    return !paused;
   };
 }
 

@@ -13,6 +13,7 @@ import type { EndReason } from './endings.js';
 import { FrameBoundaries, FrameError, OPCODE, closePayload, encodeFrame, parseClose } from './frame-boundaries.js';
 import type { OnStop, Pump, PumpStats } from './pump.js';
 import type { ViewOnlyFilter } from './view-only.js';
+import { SlabWrites, readsOf } from './vm-reads.js';
 
 export interface PassThroughOptions {
   traffic: Traffic;
@@ -59,6 +60,8 @@ class PassThrough implements Pump {
   /** View-only: the browser's frames, filtered and framed anew, in order. */
   private upFrames: Buffer[] = [];
   private upData: Buffer[] = [];
+  /** The target's reads, for a socket made by dial(): into reused buffers, sent on without a copy. */
+  private readonly slabs: SlabWrites | undefined;
 
   constructor(
     private readonly browser: Socket,
@@ -70,7 +73,14 @@ class PassThrough implements Pump {
       control: (opcode, payload) => this.browserControl(opcode, payload),
       ...(viewOnly !== undefined ? { data: (piece: Buffer) => this.filterPiece(viewOnly, piece) } : {}),
     });
-    target.on('data', (chunk: Buffer) => this.targetOnData(chunk));
+    const reads = readsOf(target);
+    if (reads === undefined) {
+      target.on('data', (chunk: Buffer) => this.targetOnData(chunk));
+    } else {
+      this.slabs = new SlabWrites(reads, browser, () => {});
+      const early = reads.take((nread, view) => this.targetOnRead(nread, view));
+      if (early !== undefined) this.targetOnData(early);
+    }
     browser.on('data', (chunk: Buffer) => this.browserOnData(chunk));
     browser.on('drain', () => target.resume());
     target.on('drain', () => browser.resume());
@@ -132,6 +142,16 @@ class PassThrough implements Pump {
 
   // ---------------------------------------------------------------- target → browser
 
+  /** A read into a slab goes on without a copy; the shared buffer is copied out of before the next read. */
+  private targetOnRead(nread: number, view: Buffer): boolean {
+    const slabs = this.slabs!;
+    const bytes = view.subarray(0, nread);
+    this.targetOnData(slabs.slabOf(view) !== undefined ? bytes : Buffer.from(bytes));
+    // Parked behind a slow browser (or no longer sending to it): no read buffer of its own.
+    slabs.afterRead(nread, view, this.target.isPaused() || this.browserClosed || this.downBroken);
+    return true;
+  }
+
   private targetOnData(chunk: Buffer): void {
     this.stats.lastActivity = Date.now();
     this.stats.down += chunk.length;
@@ -180,7 +200,8 @@ class PassThrough implements Pump {
   }
 
   private sendDown(bytes: Buffer): void {
-    if (!this.browser.write(bytes)) this.target.pause();
+    const flowing = this.slabs !== undefined ? this.slabs.write(bytes) : this.browser.write(bytes);
+    if (!flowing) this.target.pause();
   }
 
   /** Writes the frames we owe the browser, if its stream is at a boundary. */

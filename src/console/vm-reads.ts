@@ -7,7 +7,8 @@
 //   before the next read anywhere, so it is never held and an idle console holds no buffer at all;
 // - a private SLAB from a small pool while a socket streams (its last read filled the buffer): the
 //   payload is written from it without a copy, and the same slab is read into again unless a write
-//   still holds it, in which case a fresh one is handed out and the held one returns on its callback.
+//   still holds it, in which case a fresh one is handed out and the held one returns once the write
+//   completed (SlabWrites, used by both pumps).
 import type { Socket } from 'node:net';
 
 /** Room for the longest server-to-client frame header (2 + 8 bytes). */
@@ -16,7 +17,8 @@ const SHARED_SIZE = 16 * 1024;
 // 1 MiB, not Node's 64 KiB: a sixteenth of the reads, wake-ups and writes per GiB streamed. In
 // down-only A/B runs the gateway's CPU per GiB VM -> browser fell by a fifth against 256 KiB slabs
 // (512 KiB: half of that; 2 MiB: worse, as loopback reads rarely fill it). A streaming console
-// holds one slab at a time, and none while it waits for a slow browser.
+// holds one slab, or two while a write still holds the last; parked behind a slow browser, only
+// the one in its write queue.
 const SLAB_SIZE = 1024 * 1024;
 /** Slabs kept for reuse (8 MiB); more are allocated while more sockets stream at once. */
 const POOL_MAX = 8;
@@ -46,6 +48,61 @@ export function takeSlab(): Slab {
 
 export function returnSlab(slab: Slab): void {
   if (pool.length < POOL_MAX) pool.push(slab);
+}
+
+/**
+ * A pump's slabs for one VM socket whose bytes it writes to `out` without a copy: the slab the next
+ * read lands in, and the slabs writes still hold, each back to the pool once the last of our writes
+ * issued before it was held has completed (a socket completes its writes in order).
+ */
+export class SlabWrites {
+  private slab: Slab | undefined;
+  private issued = 0;
+  private completed = 0;
+  private readonly held: { slab: Slab; after: number }[] = [];
+
+  constructor(
+    private readonly reads: VmReads,
+    private readonly out: Socket,
+    /** Called after each of our writes completed (a pump resumes its reads here). */
+    private readonly onWritten: () => void,
+  ) {}
+
+  /** The slab the read landed in, if it did: its bytes may be written from it without a copy. */
+  slabOf(view: Buffer): Slab | undefined {
+    return this.slab !== undefined && view === this.slab.view ? this.slab : undefined;
+  }
+
+  /** Writes to `out`, counted so the slabs the write refers to are held until it completed. */
+  write(bytes: Buffer): boolean {
+    this.issued++;
+    return this.out.write(bytes, this.written);
+  }
+
+  /**
+   * After a read's writes were issued: picks the buffer the next read lands in. A read that filled
+   * its buffer means the VM is streaming: the next read goes to a slab (the same one unless a write
+   * still holds it). Otherwise the shared one, as it is with `shared` (the pump is parked behind a
+   * slow browser, or drops what it reads), so a console holds no slab it is not reading into.
+   */
+  afterRead(nread: number, view: Buffer, shared: boolean): void {
+    const streaming = nread === view.length && !shared;
+    const slab = this.slabOf(view);
+    const queued = this.out.writableLength > 0;
+    if (slab !== undefined && (queued || !streaming)) {
+      if (queued) this.held.push({ slab, after: this.issued });
+      else returnSlab(slab);
+      this.slab = undefined;
+    }
+    if (streaming) this.slab ??= takeSlab();
+    this.reads.next = streaming ? this.slab!.view : SHARED_VIEW;
+  }
+
+  private readonly written = (): void => {
+    this.completed++;
+    while (this.held.length > 0 && this.held[0]!.after <= this.completed) returnSlab(this.held.shift()!.slab);
+    this.onWritten();
+  };
 }
 
 /** What the pump does with a read: returns false to stop reading until it resumes the socket. */

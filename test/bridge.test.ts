@@ -1,4 +1,5 @@
 // The byte pump's backpressure and teardown, with a real gateway and real sockets on both sides.
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
@@ -92,6 +93,30 @@ describe('the byte pump', () => {
     socket.resume();
     await all;
     expect(received).toBe(offered);
+    ws.close();
+  });
+
+  it('streams a VM’s bytes to the browser unchanged while reads and writes overlap', async () => {
+    const { ws, vm } = await consoleTo();
+    // Random bytes, so a read buffer reused while a write still held it shows as a changed hash.
+    const total = 64 * 1024 * 1024;
+    const sent = createHash('sha256');
+    const received = createHash('sha256');
+    let got = 0;
+    const all = new Promise<void>((resolve) =>
+      ws.on('message', (data: Buffer) => {
+        received.update(data);
+        if ((got += data.length) >= total) resolve();
+      }),
+    );
+    for (let offered = 0; offered < total; ) {
+      const chunk = randomBytes(Math.min(total - offered, randomInt(1, 4 * 1024 * 1024)));
+      sent.update(chunk);
+      offered += chunk.length;
+      if (!vm.write(chunk)) await new Promise((resolve) => vm.once('drain', resolve));
+    }
+    await all;
+    expect([got, received.digest('hex')]).toEqual([total, sent.digest('hex')]);
     ws.close();
   });
 

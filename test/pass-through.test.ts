@@ -1,6 +1,6 @@
 // The pass-through pump's close frames at frame boundaries, against a scripted websockify target:
 // a real one cannot be made to stop halfway through a frame, which is the case under test.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Receiver, WebSocket } from 'ws';
@@ -115,5 +115,29 @@ describe('ending a pass-through console mid-frame', () => {
     expect(await closed).toEqual({ code: 1000, reason: 'Target closed' });
     await expectEnding(gateway, id, await closed, 'VM_CLOSED');
     expect(await closesSince(gateway, before)).toEqual({ 1000: 1 });
+  });
+});
+
+describe('streaming through a pass-through console', () => {
+  it('delivers every frame of a fast target to a browser that stalls, unchanged and in order', async () => {
+    const { ws, vm, messages } = await consoleToScriptedTarget();
+    // The browser stops reading, so the gateway parks the target while its reads are still held
+    // by queued writes; the target keeps writing frames of every size.
+    ws.pause();
+    const sent = createHash('sha256');
+    let frames = 0;
+    for (let bytes = 0; bytes < 32 * 1024 * 1024; frames++) {
+      const payload = randomBytes(randomInt(126, 65536));
+      sent.update(payload);
+      vm.write(Buffer.concat([binaryHeader(payload.length), payload]));
+      bytes += payload.length;
+    }
+    await sleep(500);
+    ws.resume();
+    await expect.poll(() => messages.length, { timeout: 20_000 }).toBe(frames);
+    const received = createHash('sha256');
+    for (const message of messages) received.update(message);
+    expect(received.digest('hex')).toBe(sent.digest('hex'));
+    ws.close();
   });
 });

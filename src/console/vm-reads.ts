@@ -23,8 +23,8 @@ const SLAB_SIZE = 1024 * 1024;
 /** Slabs kept for reuse (8 MiB); more are allocated while more sockets stream at once. */
 const POOL_MAX = 8;
 /**
- * The read size while a socket's reads are stream data: handshakes, and the pass-through pump for
- * a websockify target, whose reads are handed on as chunks (each a buffer of its own).
+ * The read size while a socket's reads are stream data, before a pump takes them or where none
+ * does: handshakes, and a screenshot's framebuffer update (megabytes, each read a buffer of its own).
  */
 const STREAM_READ_SIZE = 256 * 1024;
 

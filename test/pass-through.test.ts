@@ -1,5 +1,6 @@
 // The pass-through pump's close frames at frame boundaries, against a scripted websockify target:
-// a real one cannot be made to stop halfway through a frame, which is the case under test.
+// a real one cannot be made to stop halfway through a frame, which is the case under test. Also
+// its streaming, whole and in order, through a browser that stalls.
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -122,7 +123,7 @@ describe('streaming through a pass-through console', () => {
   it('delivers every frame of a fast target to a browser that stalls, unchanged and in order', async () => {
     const { ws, vm, messages } = await consoleToScriptedTarget();
     // The browser stops reading, so the gateway parks the target while its reads are still held
-    // by queued writes; the target keeps writing frames of every size.
+    // by queued writes; the target keeps writing frames of many sizes.
     ws.pause();
     const sent = createHash('sha256');
     let frames = 0;

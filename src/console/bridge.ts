@@ -33,27 +33,13 @@ export function bridge(ws: WebSocket, browser: Socket, tcp: Socket, options: Bri
   let lost: string | undefined;
 
   const reads = readsOf(tcp);
-  if (reads === undefined) {
-    // A socket not made by dial(): plain stream reads, each sent through ws.
-    const resumeTcp = () => tcp.resume();
-    tcp.on('data', function tcpOnData(chunk: Buffer) {
-      stats.lastActivity = Date.now();
-      stats.down += chunk.length;
-      traffic.down += chunk.length;
-      // The send callback fires once this frame reached the kernel, i.e. the queue has drained.
-      const over = ws.bufferedAmount + chunk.length > highWaterMark;
-      ws.send(chunk, SEND_OPTIONS, over ? resumeTcp : undefined);
-      if (over) tcp.pause();
-    });
-  } else {
-    const early = reads.take(downstream(ws, browser, tcp, reads, { highWaterMark, traffic, stats }));
-    if (early !== undefined) {
-      stats.down += early.length;
-      traffic.down += early.length;
-      ws.send(early, SEND_OPTIONS);
-    }
-    tcp.resume();
+  const early = reads.take(downstream(ws, browser, tcp, reads, { highWaterMark, traffic, stats }));
+  if (early !== undefined) {
+    stats.down += early.length;
+    traffic.down += early.length;
+    ws.send(early, SEND_OPTIONS);
   }
+  tcp.resume();
   tcp.on('drain', function tcpOnDrain() {
     ws.resume();
   });

@@ -60,8 +60,8 @@ class PassThrough implements Pump {
   /** View-only: the browser's frames, filtered and framed anew, in order. */
   private upFrames: Buffer[] = [];
   private upData: Buffer[] = [];
-  /** The target's reads, for a socket made by dial(): into reused buffers, sent on without a copy. */
-  private readonly slabs: SlabWrites | undefined;
+  /** The target's reads: into reused buffers, sent on without a copy. */
+  private readonly slabs: SlabWrites;
 
   constructor(
     private readonly browser: Socket,
@@ -74,13 +74,9 @@ class PassThrough implements Pump {
       ...(viewOnly !== undefined ? { data: (piece: Buffer) => this.filterPiece(viewOnly, piece) } : {}),
     });
     const reads = readsOf(target);
-    if (reads === undefined) {
-      target.on('data', (chunk: Buffer) => this.targetOnData(chunk));
-    } else {
-      this.slabs = new SlabWrites(reads, browser, () => {});
-      const early = reads.take((nread, view) => this.targetOnRead(nread, view));
-      if (early !== undefined) this.targetOnData(early);
-    }
+    this.slabs = new SlabWrites(reads, browser, () => {});
+    const early = reads.take((nread, view) => this.targetOnRead(nread, view));
+    if (early !== undefined) this.targetOnData(early);
     browser.on('data', (chunk: Buffer) => this.browserOnData(chunk));
     browser.on('drain', () => target.resume());
     target.on('drain', () => browser.resume());
@@ -144,11 +140,10 @@ class PassThrough implements Pump {
 
   /** A read into a slab goes on without a copy; the shared buffer is copied out of before the next read. */
   private targetOnRead(nread: number, view: Buffer): boolean {
-    const slabs = this.slabs!;
     const bytes = view.subarray(0, nread);
-    this.targetOnData(slabs.slabOf(view) !== undefined ? bytes : Buffer.from(bytes));
+    this.targetOnData(this.slabs.slabOf(view) !== undefined ? bytes : Buffer.from(bytes));
     // Parked behind a slow browser (or no longer sending to it): no read buffer of its own.
-    slabs.afterRead(nread, view, this.target.isPaused() || this.browserClosed || this.downBroken);
+    this.slabs.afterRead(nread, view, this.target.isPaused() || this.browserClosed || this.downBroken);
     return true;
   }
 
@@ -200,8 +195,7 @@ class PassThrough implements Pump {
   }
 
   private sendDown(bytes: Buffer): void {
-    const flowing = this.slabs !== undefined ? this.slabs.write(bytes) : this.browser.write(bytes);
-    if (!flowing) this.target.pause();
+    if (!this.slabs.write(bytes)) this.target.pause();
   }
 
   /** Writes the frames we owe the browser, if its stream is at a boundary. */

@@ -39,14 +39,14 @@ const sharedWhole = Buffer.allocUnsafeSlow(HEADROOM + SHARED_SIZE);
 export const SHARED_VIEW = sharedWhole.subarray(HEADROOM);
 const pool: Slab[] = [];
 
-export function takeSlab(): Slab {
+function takeSlab(): Slab {
   const slab = pool.pop();
   if (slab !== undefined) return slab;
   const whole = Buffer.allocUnsafeSlow(HEADROOM + SLAB_SIZE);
   return { whole, view: whole.subarray(HEADROOM) };
 }
 
-export function returnSlab(slab: Slab): void {
+function returnSlab(slab: Slab): void {
   if (pool.length < POOL_MAX) pool.push(slab);
 }
 
@@ -156,7 +156,9 @@ export function registerReads(socket: Socket, reads: VmReads): void {
   readers.set(socket, reads);
 }
 
-/** The reading state of a socket made by dial(), or undefined for any other socket. */
-export function readsOf(socket: Socket): VmReads | undefined {
-  return readers.get(socket);
+/** The reading state of a socket made by dial(); every VM socket a pump is given is one. */
+export function readsOf(socket: Socket): VmReads {
+  const reads = readers.get(socket);
+  if (reads === undefined) throw new Error('a pump was given a VM socket not made by dial()');
+  return reads;
 }

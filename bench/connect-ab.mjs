@@ -7,7 +7,7 @@
 //   node bench/connect-ab.mjs before current       # "current" is dist/ itself
 //
 // Options (env): BENCH_AB_RATE (connects/s offered, 500), BENCH_AB_SECONDS (per round, 4),
-// BENCH_AB_ROUNDS (4), BENCH_AB_EMBEDDED=1 (the embedded database instead of a private
+// BENCH_AB_ROUNDS (4), BENCH_AB_WARM_SECONDS (warm-up at the same rate, 2), BENCH_AB_EMBEDDED=1 (the embedded database instead of a private
 // PostgreSQL, whose CPU per connect is printed too).
 import { randomBytes } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
@@ -44,6 +44,9 @@ for (const name of [first, second]) if (!existsSync(cliOf(name))) throw new Erro
 const rate = num('BENCH_AB_RATE', 500);
 const seconds = num('BENCH_AB_SECONDS', 4);
 const rounds = num('BENCH_AB_ROUNDS', 4);
+// At 100 connects/s V8 is still compiling the connect path a minute in: a short warm-up compares
+// builds, a long one (60 s) gives the steady cost a gateway that runs for days pays.
+const warmSeconds = num('BENCH_AB_WARM_SECONDS', 2);
 const embedded = env.BENCH_AB_EMBEDDED === '1';
 const SECRET = randomBytes(32).toString('hex');
 const CONTROL = randomBytes(16).toString('hex');
@@ -106,8 +109,13 @@ try {
           conn?.socket.destroy();
           resolve();
         };
+        // The VM's first byte often arrives in the same read as the 101, so onData runs before
+        // connectWs resolves: the socket is closed here then, or the console would stay open.
         connectWs(`ws://127.0.0.1:${gw.port}/websockify?ticket=${ticket}`, { onData: () => done(true), onClose: () => done(false) }).then(
-          (c) => (conn = c),
+          (c) => {
+            conn = c;
+            if (settled) c.socket.destroy();
+          },
           () => done(false),
         );
       });
@@ -123,7 +131,7 @@ try {
     return { cpuMs: ((cpuOf([gw.pid]) - cpu0) * 1000) / ok, dbMs: ((cpuOf(dbPids()) - db0) * 1000) / ok, ok, failed };
   };
 
-  for (const key of ['A', 'B']) await round(gateways[key], 2); // warm-up: the JIT compiles the connect path
+  for (const key of ['A', 'B']) await round(gateways[key], warmSeconds); // warm-up: the JIT compiles the connect path
   const runs = { A: [], B: [] };
   for (let r = 0; r < rounds; r++) {
     for (const key of r % 2 ? ['B', 'A'] : ['A', 'B']) {
@@ -133,7 +141,7 @@ try {
     }
   }
   const med = (key, field) => median(runs[key].map((r) => r[field]));
-  console.log(`gateway CPU per connect at ${rate} connects/s offered, ${embedded ? 'embedded database' : 'PostgreSQL'}, medians of ${rounds} rounds`);
+  console.log(`gateway CPU per connect at ${rate} connects/s offered after a ${warmSeconds} s warm-up, ${embedded ? 'embedded database' : 'PostgreSQL'}, medians of ${rounds} rounds`);
   for (const key of ['A', 'B']) {
     const db = embedded ? '' : `; PostgreSQL ${med(key, 'dbMs').toFixed(2)} ms`;
     console.log(`  ${gateways[key].name.padEnd(12)} ${med(key, 'cpuMs').toFixed(2)} ms (rounds ${runs[key].map((r) => r.cpuMs.toFixed(2)).join(', ')})${db}`);

@@ -1,8 +1,16 @@
-// Console limits: idle timeout and maximum duration close with 4408, the console cap with 1013.
+// Console limits: idle timeout and maximum duration close with 4408, the console cap with 1013,
+// kept within the open-file limit.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { openConsole, startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { consoleCap, openFileLimit, RESERVED_FILES } from '../src/console/limits.js';
+import { mintTicket } from '../src/console/ticket.js';
+import { startServeProcess } from './helpers/cli.js';
+import { CONTROL_TOKEN, openConsole, SECRET, startTestGateway, TEST_ENV, type TestGateway } from './helpers/gateway.js';
+import { createTestDatabase } from './helpers/postgres.js';
 
 let vm: Server;
 const vmSockets = new Set<Socket>();
@@ -74,6 +82,64 @@ describe('the console cap', () => {
     await expect.poll(() => gateway.running.gateway.consoles.live.size).toBe(1);
     const again = await open(gateway);
     again.close();
+  });
+});
+
+describe('the console cap and the open-file limit', () => {
+  it('keeps MAX_CONSOLES when two descriptors per console fit, and caps it below the limit when not', () => {
+    expect(consoleCap(100, 1024)).toEqual({ maxConsoles: 100 });
+    expect(consoleCap(384, 1024)).toEqual({ maxConsoles: 384 });
+    expect(consoleCap(20_000, 20_000)).toEqual({ maxConsoles: 9_872, maxConsolesSetBy: 'the open-file limit of 20000, two per console' });
+    // MAX_CONSOLES=0 (no cap of its own) is still held to what the descriptors allow.
+    expect(consoleCap(0, 1024)).toEqual({ maxConsoles: 384, maxConsolesSetBy: 'the open-file limit of 1024, two per console' });
+    expect(consoleCap(50, RESERVED_FILES)).toMatchObject({ maxConsoles: 1 });
+    expect(consoleCap(20_000, undefined)).toEqual({ maxConsoles: 20_000 });
+  });
+
+  it('reads the limit from /proc/self/limits, and nothing from a file it cannot read', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cg-limits-'));
+    try {
+      const file = join(dir, 'limits');
+      await writeFile(file, 'Limit                     Soft Limit           Hard Limit           Units\nMax open files            4096                 8192                 files\n');
+      expect(openFileLimit(file)).toBe(4096);
+      expect(openFileLimit(join(dir, 'missing'))).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses with 1013 naming the open-file limit once two descriptors per console no longer fit, and says so as it starts', async () => {
+    const database = await createTestDatabase();
+    const openFiles = RESERVED_FILES + 2 * 5; // five consoles
+    const serve = await startServeProcess({ ...TEST_ENV, DATABASE_URL: database.url, LOG_LEVEL: 'info' }, 60_000, openFiles);
+    const sockets: WebSocket[] = [];
+    try {
+      expect(serve.output()).toContain('MAX_CONSOLES does not fit the open-file limit');
+      const { port } = vm.address() as { port: number };
+      const res = await fetch(`${serve.url}/api/v1/sessions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${CONTROL_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ protocol: 'vnc', target: { host: '127.0.0.1', port } }),
+      });
+      const { id } = (await res.json()) as { id: string };
+      const wsUrl = `${serve.url.replace('http', 'ws')}/websockify`;
+      const ticket = async () => (await mintTicket({ sessionId: id, key: SECRET })).ticket;
+      for (let i = 0; i < 5; i++) {
+        const ws = new WebSocket(`${wsUrl}?ticket=${await ticket()}`, ['binary']);
+        ws.on('error', () => {});
+        sockets.push(ws);
+        await new Promise((resolve, reject) => ws.once('open', resolve).once('close', reject));
+      }
+      expect(await openConsole(`${wsUrl}?ticket=${await ticket()}`)).toMatchObject({
+        code: 1013,
+        reason: `the gateway is at its console limit (the open-file limit of ${openFiles}, two per console); try again shortly`,
+      });
+    } finally {
+      for (const ws of sockets) ws.terminate();
+      serve.child.kill('SIGTERM');
+      await new Promise((r) => serve.child.once('exit', r));
+      await database.drop();
+    }
   });
 });
 

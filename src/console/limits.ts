@@ -1,7 +1,11 @@
 // Fair shares of one replica: the console caps (whole gateway, per client address, per session)
 // and the failed-upgrade throttle. Every refusal is 1013 with a reason naming the setting, and is
 // counted by cap. Counts are this replica's own: behind a balancer each replica holds its share.
+// The whole-gateway cap is also kept within the open-file limit: past it the kernel refuses the
+// sockets themselves, and the browser would see a reset connection (1006) instead of a 1013.
+import { readFileSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { GatewayError, type ErrorCode } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
@@ -9,6 +13,8 @@ import type { Metrics } from '../ops/metrics.js';
 export interface LimitSettings {
   /** 0 = no cap, for each. */
   maxConsoles: number;
+  /** What sets maxConsoles, for the refusal's reason; `MAX_CONSOLES=<n>` unless told. */
+  maxConsolesSetBy?: string;
   maxConsolesPerClient: number;
   maxConsolesPerSession: number;
   failedUpgradesPerMinute: number;
@@ -70,7 +76,8 @@ export class Limits {
   holdClient(client: string, gatewayConsoles: number): () => void {
     const { maxConsoles, maxConsolesPerClient } = this.settings;
     if (maxConsoles > 0 && gatewayConsoles >= maxConsoles) {
-      this.refuse('max_consoles', 'CAPACITY', `the gateway is at its console limit (MAX_CONSOLES=${maxConsoles}); try again shortly`);
+      const setBy = this.settings.maxConsolesSetBy ?? `MAX_CONSOLES=${maxConsoles}`;
+      this.refuse('max_consoles', 'CAPACITY', `the gateway is at its console limit (${setBy}); try again shortly`);
     }
     if (maxConsolesPerClient > 0 && (this.perClient.get(client) ?? 0) >= maxConsolesPerClient) {
       this.refuse('max_consoles_per_client', 'CLIENT_CAPACITY', `your address has ${maxConsolesPerClient} consoles open (MAX_CONSOLES_PER_CLIENT); close one and retry`);
@@ -106,7 +113,48 @@ function hold(counts: Map<string, number>, key: string): () => void {
   };
 }
 
-export function createLimits(config: Config, metrics: Pick<Metrics, 'refusals'>): Limits {
+/** Descriptors kept for all but consoles: listeners, database connections, probes, files, stdio. */
+export const RESERVED_FILES = 256;
+
+export interface ConsoleCap {
+  maxConsoles: number;
+  /** Set when the open-file limit, not MAX_CONSOLES, sets the cap. */
+  maxConsolesSetBy?: string;
+}
+
+/**
+ * MAX_CONSOLES within the open-file limit: a console holds two descriptors (browser and VM), and
+ * RESERVED_FILES stay for the rest. `openFiles` undefined (not known here): MAX_CONSOLES as it is.
+ */
+export function consoleCap(maxConsoles: number, openFiles: number | undefined): ConsoleCap {
+  if (openFiles === undefined) return { maxConsoles };
+  const fit = Math.max(1, Math.floor((openFiles - RESERVED_FILES) / 2));
+  if (maxConsoles > 0 && maxConsoles <= fit) return { maxConsoles };
+  return { maxConsoles: fit, maxConsolesSetBy: `the open-file limit of ${openFiles}, two per console` };
+}
+
+/**
+ * This process's open-file limit, from /proc (Linux); undefined where it cannot be read. Node
+ * raises the soft limit to the hard one as it starts, so this is the hard limit it was given.
+ */
+export function openFileLimit(limits = '/proc/self/limits'): number | undefined {
+  try {
+    const match = /^Max open files\s+(\d+)/m.exec(readFileSync(limits, 'utf8'));
+    return match === null ? undefined : Number(match[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+export function createLimits(config: Config, metrics: Pick<Metrics, 'refusals'>, log: Logger): Limits {
   const { maxConsolesPerClient, maxConsolesPerSession, failedUpgradesPerMinute } = config.edge;
-  return new Limits({ maxConsoles: config.maxConsoles, maxConsolesPerClient, maxConsolesPerSession, failedUpgradesPerMinute }, metrics);
+  const openFiles = openFileLimit();
+  const cap = consoleCap(config.maxConsoles, openFiles);
+  if (cap.maxConsolesSetBy !== undefined) {
+    log.warn(
+      { maxConsoles: config.maxConsoles, openFiles, consoles: cap.maxConsoles },
+      'MAX_CONSOLES does not fit the open-file limit (two per console): consoles are capped below it; raise the limit (ulimit -n, LimitNOFILE=) or lower MAX_CONSOLES',
+    );
+  }
+  return new Limits({ ...cap, maxConsolesPerClient, maxConsolesPerSession, failedUpgradesPerMinute }, metrics);
 }

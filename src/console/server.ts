@@ -113,7 +113,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   server.on(
     'upgrade',
-    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, registry, limits: createLimits(config, metrics), isDraining: () => draining }),
+    createUpgradeHandler({ config, store, tickets, consoles, metrics, log, wss, proxy, registry, limits: createLimits(config, metrics, log), isDraining: () => draining }),
   );
   const address = await listener.listen();
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;

@@ -26,10 +26,21 @@ export function runCli(args: string[], env: Record<string, string>, timeoutMs = 
   });
 }
 
-/** Starts `serve` and resolves with its URL once it logs "gateway listening". */
-export function startServeProcess(env: Record<string, string>, timeoutMs = 30_000): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+/**
+ * Starts `serve` and resolves with its URL once it logs "gateway listening"; `openFiles` starts it
+ * under that open-file limit (soft and hard, so Node cannot raise it).
+ */
+export function startServeProcess(
+  env: Record<string, string>,
+  timeoutMs = 30_000,
+  openFiles?: number,
+): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, 'serve'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, args] =
+      openFiles === undefined
+        ? [process.execPath, [CLI, 'serve']]
+        : ['bash', ['-c', `ulimit -n ${openFiles} && exec "$0" "$@"`, process.execPath, CLI, 'serve']];
+    const child = spawn(command, args, { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');

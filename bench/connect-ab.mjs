@@ -7,8 +7,8 @@
 //   node bench/connect-ab.mjs before current       # "current" is dist/ itself
 //
 // Options (env): BENCH_AB_RATE (connects/s offered, 500), BENCH_AB_SECONDS (per round, 4),
-// BENCH_AB_ROUNDS (4), BENCH_AB_WARM_SECONDS (warm-up at the same rate, 2), BENCH_AB_EMBEDDED=1 (the embedded database instead of a private
-// PostgreSQL, whose CPU per connect is printed too).
+// BENCH_AB_ROUNDS (4), BENCH_AB_WARM_SECONDS (warm-up at the same rate, 2), BENCH_AB_EMBEDDED=1
+// (the embedded database instead of a private PostgreSQL, whose CPU per connect is printed too).
 import { randomBytes } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -25,6 +25,8 @@ export async function runDemo(
       TICKET_SECRET: env.TICKET_SECRET ?? randomBytes(32).toString('base64url'),
       // The demo VNC server is on loopback, which TARGET_ALLOWED_CIDRS refuses unless listed.
       TARGET_ALLOWED_CIDRS: `${env.TARGET_ALLOWED_CIDRS ?? DEFAULT_TARGET_CIDRS},127.0.0.1/32`,
+      // A demo serves a handful of consoles: a small cap fits any open-file limit without a warning.
+      MAX_CONSOLES: env.MAX_CONSOLES ?? '100',
     },
     { tickets: true },
   );

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { consoleCap, openFileLimit, RESERVED_FILES } from '../src/console/limits.js';
+import { loadConfig } from '../src/config.js';
+import { consoleCap, createLimits, openFileLimit, RESERVED_FILES } from '../src/console/limits.js';
 import { mintTicket } from '../src/console/ticket.js';
 import { startServeProcess } from './helpers/cli.js';
 import { CONTROL_TOKEN, openConsole, SECRET, startTestGateway, TEST_ENV, type TestGateway } from './helpers/gateway.js';
@@ -94,6 +95,19 @@ describe('the console cap and the open-file limit', () => {
     expect(consoleCap(0, 1024)).toEqual({ maxConsoles: 384, maxConsolesSetBy: 'the open-file limit of 1024, two per console' });
     expect(consoleCap(50, RESERVED_FILES)).toMatchObject({ maxConsoles: 1 });
     expect(consoleCap(20_000, undefined)).toEqual({ maxConsoles: 20_000 });
+  });
+
+  it('warns when MAX_CONSOLES does not fit, says so quietly for MAX_CONSOLES=0, and is silent when it fits', () => {
+    const said = (maxConsoles: string) => {
+      const lines: { level: string; msg: string }[] = [];
+      const log = { warn: (_: object, msg: string) => lines.push({ level: 'warn', msg }), info: (_: object, msg: string) => lines.push({ level: 'info', msg }) };
+      createLimits(loadConfig({ ...TEST_ENV, DATA_DIR: tmpdir(), MAX_CONSOLES: maxConsoles }), { refusals: { inc: () => {} } } as never, log as never);
+      return lines;
+    };
+    // No Linux open-file limit lets ten million consoles fit (two descriptors each); one always fits.
+    expect(said('10000000')).toEqual([{ level: 'warn', msg: expect.stringContaining('MAX_CONSOLES does not fit the open-file limit') }]);
+    expect(said('0')).toEqual([{ level: 'info', msg: 'MAX_CONSOLES=0: consoles are capped by the open-file limit alone (two per console)' }]);
+    expect(said('1')).toEqual([]);
   });
 
   it('reads the limit from /proc/self/limits, and nothing from a file it cannot read', async () => {

@@ -94,8 +94,9 @@ beforeAll(async () => {
   [a, b] = await Promise.all([startServeProcess(env), startTestGateway(env, database.url)]);
   await lb.setServer('a', Number(new URL(a.url).port));
   await lb.setServer('b', Number(new URL(b.url).port));
-  // Both servers pass their first health check before any test runs.
-  for (let i = 0; i < 100 && (await fetch(`${gatewayOrigin()}/readyz`).then((r) => r.status, () => 0)) !== 200; i++) await new Promise((r) => setTimeout(r, 100));
+  // Both servers pass their first health check before any test runs: the load balancer answering
+  // is not enough, as the backup (b) may come up first and take the first console.
+  await Promise.all([lb.waitUp('a'), lb.waitUp('b')]);
 }, 90_000);
 afterAll(async () => {
   a?.child.kill('SIGKILL');

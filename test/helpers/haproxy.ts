@@ -17,6 +17,8 @@ export interface Haproxy {
   port: number;
   /** Points server `name` (from `servers`) at 127.0.0.1:port and lets health checks bring it up. */
   setServer(name: string, port: number): Promise<void>;
+  /** Resolves once the health checks have brought server `name` up (its operational state running). */
+  waitUp(name: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -43,6 +45,14 @@ export async function startHaproxy(servers: string[]): Promise<Haproxy> {
         async setServer(name, serverPort) {
           await command(socket, `set server gateways/${name} addr 127.0.0.1 port ${serverPort}`);
           await command(socket, `set server gateways/${name} state ready`);
+        },
+        async waitUp(name) {
+          const deadline = Date.now() + START_TIMEOUT_MS;
+          while (Date.now() < deadline) {
+            if (operationalState(await command(socket, 'show servers state gateways'), name) === RUNNING) return;
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          throw new Error(`HAProxy's checks did not bring server ${name} up within ${START_TIMEOUT_MS} ms`);
         },
         async close() {
           await stopProcess(child);
@@ -89,6 +99,17 @@ async function started(child: ChildProcess, socket: string): Promise<string | un
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   return gone ?? 'the admin socket did not answer in time';
+}
+
+/** `srv_op_state` of a running server in `show servers state` (0 stopped, 1 starting, 3 stopping). */
+const RUNNING = '2';
+
+/** Server `name`'s srv_op_state in an answer to `show servers state`, read by the header's column names. */
+function operationalState(answer: string, name: string): string | undefined {
+  const lines = answer.split('\n');
+  const columns = lines.find((l) => l.startsWith('# '))?.slice(2).split(' ') ?? [];
+  const row = lines.map((l) => l.split(' ')).find((fields) => fields[columns.indexOf('srv_name')] === name);
+  return row?.[columns.indexOf('srv_op_state')];
 }
 
 /** One command on the admin socket; resolves with its answer. */

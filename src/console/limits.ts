@@ -150,13 +150,11 @@ export function createLimits(config: Config, metrics: Pick<Metrics, 'refusals'>,
   const { maxConsolesPerClient, maxConsolesPerSession, failedUpgradesPerMinute } = config.edge;
   const openFiles = openFileLimit();
   const cap = consoleCap(config.maxConsoles, openFiles);
-  if (cap.maxConsolesSetBy !== undefined && config.maxConsoles > 0) {
-    log.warn(
-      { maxConsoles: config.maxConsoles, openFiles, consoles: cap.maxConsoles },
-      'MAX_CONSOLES does not fit the open-file limit (two per console): consoles are capped below it; raise the limit (ulimit -n, LimitNOFILE=) or lower MAX_CONSOLES',
-    );
-  } else if (cap.maxConsolesSetBy !== undefined) {
-    log.info({ openFiles, consoles: cap.maxConsoles }, 'MAX_CONSOLES=0: consoles are capped by the open-file limit alone (two per console)');
+  if (cap.maxConsolesSetBy !== undefined) {
+    const fields = { maxConsoles: config.maxConsoles, openFiles, consoles: cap.maxConsoles };
+    // MAX_CONSOLES=0 asked for no cap of its own: the open-file cap is news, not a misconfiguration.
+    if (config.maxConsoles === 0) log.info(fields, 'MAX_CONSOLES=0: consoles are capped by the open-file limit alone (two per console)');
+    else log.warn(fields, 'MAX_CONSOLES does not fit the open-file limit (two per console): consoles are capped below it; raise the limit (ulimit -n, LimitNOFILE=) or lower MAX_CONSOLES');
   }
   return new Limits({ ...cap, maxConsolesPerClient, maxConsolesPerSession, failedUpgradesPerMinute }, metrics);
 }
